@@ -1,0 +1,266 @@
+//! The command line every stage binary shares: config loading with precedence,
+//! `--print-config`, `--validate-config`, device selection, and exit codes.
+//!
+//! Exit codes: 0 success, 1 the run failed, 2 bad configuration or usage,
+//! 130 / 143 interrupted by SIGINT / SIGTERM after saving.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Parser};
+use figment::value::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{BackendError, BackendRun, DeviceSpec, compiled_backends, run_on};
+use crate::config::{self, ConfigErrors, ConfigProblem, ConfigSources, RunConfig, Validate};
+use crate::interrupt::Interrupts;
+use crate::telemetry::JSONL;
+use crate::train::{LoopState, StopReason, TrainError};
+
+/// A config section type: serialisable, defaulted, validated.
+pub trait Section: Serialize + DeserializeOwned + Default + Validate + Clone + std::fmt::Debug + 'static {}
+impl<T: Serialize + DeserializeOwned + Default + Validate + Clone + std::fmt::Debug + 'static> Section for T {}
+
+/// What a stage binary plugs into the shared command line.
+pub trait Stage {
+    /// Stage name (used for the default output directory).
+    const NAME: &'static str;
+    /// `model:` section.
+    type Model: Section;
+    /// `data:` section.
+    type Data: Section;
+    /// `loss:` section.
+    type Loss: Section;
+    /// Stage-specific flags.
+    type Args: Args + Clone;
+
+    /// Dotted-key overrides from the stage's own flags.
+    fn overrides(args: &Self::Args) -> Vec<(String, Value)>;
+
+    /// Builds the task and runs the loop on backend `B`.
+    fn train<B: AutodiffBackend>(
+        config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
+        device: &B::Device,
+        interrupts: Interrupts,
+    ) -> Result<(StopReason, LoopState), TrainError>;
+}
+
+/// Flags every stage binary accepts. Each sets the config key named in its help.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// YAML config file (overrides built-in defaults; environment and flags override it).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `device`: cpu, wgpu[:N] or cuda[:N].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// `output_dir`: where the run writes telemetry, its resolved config and checkpoints.
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// `training.max_steps` (also clears `training.epochs`).
+    #[arg(long, visible_alias = "steps", value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// `training.epochs` (also clears `training.max_steps`).
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<u64>,
+    /// `training.min_steps`.
+    #[arg(long, value_name = "N")]
+    pub min_steps: Option<u64>,
+    /// `training.batch_size`.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// `training.gradient_accumulation_steps`.
+    #[arg(long, visible_alias = "grad-accum", value_name = "N")]
+    pub gradient_accumulation_steps: Option<usize>,
+    /// `training.gradient_clip_norm`.
+    #[arg(long, value_name = "NORM")]
+    pub gradient_clip_norm: Option<f64>,
+    /// `training.val_every`.
+    #[arg(long, value_name = "N")]
+    pub val_every: Option<u64>,
+    /// `optimizer.lr`.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// `debug.overfit_single_batch: true`.
+    #[arg(long)]
+    pub overfit_single_batch: bool,
+    /// Set any key: `--set optimizer.scheduler.name=cosine` (value read as YAML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = config::parse_set_flag)]
+    pub set: Vec<(String, Value)>,
+    /// Print the merged configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Check the configuration, report every problem, and exit (non-zero if any).
+    #[arg(long)]
+    pub validate_config: bool,
+}
+
+impl CommonArgs {
+    /// The dotted-key overrides these flags stand for, in a fixed order.
+    pub fn overrides(&self) -> Vec<(String, Value)> {
+        let mut o: Vec<(String, Value)> = Vec::new();
+        let mut put = |k: &str, v: Value| o.push((k.to_string(), v));
+        if let Some(d) = &self.device {
+            put("device", Value::from(d.clone()));
+        }
+        if let Some(d) = &self.output_dir {
+            put("output_dir", Value::from(d.display().to_string()));
+        }
+        if let Some(s) = self.seed {
+            put("seed", Value::from(s));
+        }
+        if let Some(s) = self.max_steps {
+            put("training.max_steps", Value::from(s));
+            put("training.epochs", config::null());
+        }
+        if let Some(e) = self.epochs {
+            put("training.epochs", Value::from(e));
+            put("training.max_steps", config::null());
+        }
+        if let Some(s) = self.min_steps {
+            put("training.min_steps", Value::from(s));
+        }
+        if let Some(b) = self.batch_size {
+            put("training.batch_size", Value::from(b as u64));
+        }
+        if let Some(a) = self.gradient_accumulation_steps {
+            put("training.gradient_accumulation_steps", Value::from(a as u64));
+        }
+        if let Some(c) = self.gradient_clip_norm {
+            put("training.gradient_clip_norm", Value::from(c));
+        }
+        if let Some(v) = self.val_every {
+            put("training.val_every", Value::from(v));
+        }
+        if let Some(lr) = self.lr {
+            put("optimizer.lr", Value::from(lr));
+        }
+        if self.overfit_single_batch {
+            put("debug.overfit_single_batch", Value::from(true));
+        }
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = None)]
+struct Cli<A: Args> {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    stage: A,
+}
+
+/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+struct StageWork<'a, S: Stage> {
+    config: &'a RunConfig<S::Model, S::Data, S::Loss>,
+    interrupts: Interrupts,
+}
+
+impl<S: Stage> BackendRun for StageWork<'_, S> {
+    type Output = Result<(StopReason, LoopState), TrainError>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Self::Output {
+        tracing::info!("backend: {name}");
+        S::train::<B>(self.config, &device, self.interrupts)
+    }
+}
+
+/// Loads the stage's config from `common` and `stage_args`, reporting every problem.
+pub fn load_config<S: Stage>(
+    common: &CommonArgs,
+    stage_args: &S::Args,
+) -> Result<RunConfig<S::Model, S::Data, S::Loss>, ConfigErrors> {
+    let mut overrides = common.overrides();
+    overrides.extend(S::overrides(stage_args));
+    let sources = ConfigSources {
+        file: common.config.clone(),
+        env: true,
+        defaults: vec![("output_dir".into(), Value::from(format!("runs/{}", S::NAME)))],
+        overrides,
+    };
+    let config: RunConfig<S::Model, S::Data, S::Loss> = sources.load()?;
+    let device: DeviceSpec = config.device.parse().expect("validated");
+    let compiled = compiled_backends();
+    let feature = match device {
+        DeviceSpec::Cpu => "cpu",
+        DeviceSpec::Wgpu(_) => "wgpu",
+        DeviceSpec::Cuda(_) => "cuda",
+    };
+    if !compiled.contains(&feature) {
+        return Err(ConfigErrors(vec![ConfigProblem {
+            key: "device".into(),
+            message: BackendError::NotCompiled { device, feature }.to_string(),
+            origin: None,
+        }]));
+    }
+    Ok(config)
+}
+
+/// The whole life of a stage binary: parse flags, load config, run, map the outcome to an exit code.
+pub fn main<S: Stage>() -> ExitCode {
+    init_logging();
+    let cli = Cli::<S::Args>::parse();
+    let config = match load_config::<S>(&cli.common, &cli.stage) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.common.print_config {
+        print!("{}", config::to_yaml(&config));
+        return ExitCode::SUCCESS;
+    }
+    if cli.common.validate_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    match run::<S>(&config) {
+        Ok((StopReason::Interrupted(signal), state)) => {
+            eprintln!("{}: interrupted by {} after optimizer step {}", S::NAME, signal.name(), state.step);
+            ExitCode::from(signal.exit_code())
+        }
+        Ok((reason, state)) => {
+            tracing::info!("finished after {} optimizer steps ({reason:?})", state.step);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{}: error: {message}", S::NAME);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run<S: Stage>(config: &RunConfig<S::Model, S::Data, S::Loss>) -> Result<(StopReason, LoopState), String> {
+    let dir = &config.output_dir;
+    if dir.join(JSONL).exists() {
+        return Err(format!(
+            "{} already holds a run ({} exists); choose a new --output-dir so its telemetry and checkpoints are kept",
+            dir.display(),
+            JSONL
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating output directory {}: {e}", dir.display()))?;
+    config::write_resolved(config, dir).map_err(|e| format!("writing {}/config.yaml: {e}", dir.display()))?;
+    let interrupts = Interrupts::install().map_err(|e| format!("installing signal handlers: {e}"))?;
+    let device: DeviceSpec = config.device.parse().map_err(|e| format!("{e}"))?;
+    run_on(device, StageWork::<S> { config, interrupts }).map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}

@@ -1,0 +1,667 @@
+//! Run configuration: the sections every stage shares, how they are merged from defaults,
+//! YAML, environment and CLI flags, and how every problem in them is reported at once.
+//!
+//! Precedence, lowest to highest: built-in defaults ← YAML file (`--config`) ← environment
+//! (`TRAINYARD_SECTION__KEY=value`, `__` separates levels) ← CLI flags.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Profile};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::DeviceSpec;
+
+/// Prefix of environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "TRAINYARD_";
+
+/// A complete run configuration: the shared sections plus a stage's `model`, `data` and `loss`.
+///
+/// Every struct denies unknown fields, so a misspelt key is an error that names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(bound(
+    serialize = "M: Serialize, D: Serialize, L: Serialize + 'static",
+    deserialize = "M: Deserialize<'de> + Default, D: Deserialize<'de> + Default, L: Deserialize<'de> + Default"
+))]
+pub struct RunConfig<M, D, L = NoSection> {
+    /// Seed for initialisation, data order and augmentation.
+    pub seed: u64,
+    /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
+    pub device: String,
+    /// Directory the run writes into (telemetry, resolved config, checkpoints).
+    pub output_dir: PathBuf,
+    /// Budgets, batch shape, clipping, validation cadence.
+    pub training: TrainingConfig,
+    /// Optimizer and learning-rate schedule.
+    pub optimizer: OptimizerConfig,
+    /// Telemetry outputs and progress display.
+    pub logging: LoggingConfig,
+    /// Debug modes (overfit a single batch).
+    pub debug: DebugConfig,
+    /// The stage's model section.
+    pub model: M,
+    /// The stage's data section.
+    pub data: D,
+    /// The stage's loss section.
+    #[serde(skip_serializing_if = "NoSection::is_unused_marker")]
+    pub loss: L,
+}
+
+impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            device: "cpu".into(),
+            output_dir: PathBuf::from("runs/default"),
+            training: TrainingConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            logging: LoggingConfig::default(),
+            debug: DebugConfig::default(),
+            model: M::default(),
+            data: D::default(),
+            loss: L::default(),
+        }
+    }
+}
+
+/// A section a stage does not have. It serialises to nothing, so its key stays unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSection {}
+
+impl NoSection {
+    /// Whether `value` is the marker type (used to leave the section out of printed configs).
+    fn is_unused_marker<T: 'static>(_value: &T) -> bool {
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<NoSection>()
+    }
+}
+
+/// `training:` — what one run does and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; their gradients are averaged (sample-weighted).
+    pub gradient_accumulation_steps: usize,
+    /// Budget in optimizer steps. Exactly one of `max_steps` and `epochs` is set.
+    pub max_steps: Option<u64>,
+    /// Budget in passes over the training set.
+    pub epochs: Option<u64>,
+    /// No stop request (early stopping, policies) is honoured before this many optimizer steps.
+    pub min_steps: u64,
+    /// Global L2 norm the gradients are clipped to; `null` disables.
+    pub gradient_clip_norm: Option<f64>,
+    /// Element-wise bound the gradients are clamped to; `null` disables.
+    pub gradient_clip_value: Option<f64>,
+    /// Validate every N optimizer steps; `null` validates at the end of every epoch.
+    pub val_every: Option<u64>,
+    /// Numeric precision of the run.
+    pub precision: Precision,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_steps: None,
+            epochs: None,
+            min_steps: 0,
+            gradient_clip_norm: None,
+            gradient_clip_value: None,
+            val_every: None,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// Numeric precision of parameters and computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats everywhere.
+    F32,
+    /// Half precision (needs the mixed-precision work of a later change).
+    F16,
+    /// bfloat16 (needs the mixed-precision work of a later change).
+    Bf16,
+}
+
+/// `optimizer:` — AdamW and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Optimizer name; `adamw` is the one implemented.
+    pub name: OptimizerName,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam betas (β1, β2).
+    pub betas: [f64; 2],
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay (PyTorch AdamW semantics: `p ← p·(1 − lr·wd)`).
+    pub weight_decay: f64,
+    /// Learning-rate schedule over optimizer steps.
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            name: OptimizerName::Adamw,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// Optimizers the loop can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// `optimizer.scheduler:` — the learning rate as a function of the optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// `constant` or `cosine` (linear warm-up, then cosine decay to `min_lr`).
+    pub name: SchedulerName,
+    /// Optimizer steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { name: SchedulerName::Constant, warmup_steps: 0, min_lr: 0.0 }
+    }
+}
+
+/// Schedules available to the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerName {
+    /// `lr` at every step (after the optional warm-up).
+    Constant,
+    /// Linear warm-up, then half a cosine from `lr` down to `min_lr` at the last step.
+    Cosine,
+}
+
+/// `logging:` — telemetry outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Write TensorBoard event files under `<output_dir>/tensorboard/`.
+    pub tensorboard: bool,
+    /// `auto` (bar on a terminal, plain lines otherwise), `bar`, `plain` or `off`.
+    pub progress: ProgressMode,
+    /// Optimizer steps between plain progress lines.
+    pub log_every: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { tensorboard: true, progress: ProgressMode::Auto, log_every: 50 }
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    /// A bar on a terminal, plain log lines otherwise.
+    Auto,
+    /// Always the bar.
+    Bar,
+    /// Always plain log lines.
+    Plain,
+    /// Nothing.
+    Off,
+}
+
+/// `debug:` — modes for checking that a model can learn at all.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Train on the first batch only, without shuffling.
+    pub overfit_single_batch: bool,
+    /// With `overfit_single_batch`: the run fails unless first loss / last loss reaches this factor.
+    pub expected_loss_drop: Option<f64>,
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path (`training.max_steps`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+    /// Where the offending value came from (file, environment variable, flag), if known.
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.key.is_empty(), &self.origin) {
+            (true, Some(o)) => write!(f, "{o}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+            (false, Some(o)) => write!(f, "{} (from {o}): {}", self.key, self.message),
+            (false, None) => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a config beyond its types: relations between keys and value ranges.
+pub trait Validate {
+    /// Pushes every problem found; pushes nothing for a valid config.
+    fn validate(&self, problems: &mut Vec<ConfigProblem>);
+}
+
+impl Validate for NoSection {
+    fn validate(&self, _: &mut Vec<ConfigProblem>) {}
+}
+
+fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
+    ConfigProblem { key: key.into(), message: message.into(), origin: None }
+}
+
+impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
+    fn validate(&self, p: &mut Vec<ConfigProblem>) {
+        if let Err(e) = self.device.parse::<DeviceSpec>() {
+            p.push(problem("device", e.to_string()));
+        }
+        let t = &self.training;
+        match (t.max_steps, t.epochs) {
+            (Some(_), Some(_)) => p.push(problem(
+                "training.max_steps",
+                "max_steps and training.epochs are exclusive: set one and make the other null",
+            )),
+            (None, None) => {
+                p.push(problem("training.max_steps", "no budget: set training.max_steps or training.epochs"))
+            }
+            _ => {}
+        }
+        if t.max_steps == Some(0) {
+            p.push(problem("training.max_steps", "expected at least 1 step"));
+        }
+        if t.epochs == Some(0) {
+            p.push(problem("training.epochs", "expected at least 1 epoch"));
+        }
+        if let Some(max) = t.max_steps
+            && t.min_steps > max
+        {
+            p.push(problem("training.min_steps", format!("min_steps {} exceeds max_steps {max}", t.min_steps)));
+        }
+        if t.batch_size == 0 {
+            p.push(problem("training.batch_size", "expected a positive batch size"));
+        }
+        if t.gradient_accumulation_steps == 0 {
+            p.push(problem("training.gradient_accumulation_steps", "expected at least 1"));
+        }
+        for (key, v) in [
+            ("training.gradient_clip_norm", t.gradient_clip_norm),
+            ("training.gradient_clip_value", t.gradient_clip_value),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                p.push(problem(key, format!("expected a positive number or null, got {v}")));
+            }
+        }
+        if t.val_every == Some(0) {
+            p.push(problem("training.val_every", "expected a positive step count or null"));
+        }
+        if t.precision != Precision::F32 {
+            p.push(problem(
+                "training.precision",
+                "only f32 is implemented so far; f16/bf16 need the mixed-precision support \
+                 (loss scaling) that is not built yet",
+            ));
+        }
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            p.push(problem("optimizer.lr", format!("expected a positive learning rate, got {}", o.lr)));
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            p.push(problem("optimizer.betas", format!("expected two values in [0, 1), got {:?}", o.betas)));
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            p.push(problem("optimizer.eps", format!("expected a positive epsilon, got {}", o.eps)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            p.push(problem(
+                "optimizer.weight_decay",
+                format!("expected a non-negative weight decay, got {}", o.weight_decay),
+            ));
+        }
+        if !(o.scheduler.min_lr.is_finite() && o.scheduler.min_lr >= 0.0 && o.scheduler.min_lr <= o.lr) {
+            p.push(problem(
+                "optimizer.scheduler.min_lr",
+                format!("expected 0 <= min_lr <= lr ({}), got {}", o.lr, o.scheduler.min_lr),
+            ));
+        }
+        if let Some(max) = t.max_steps
+            && o.scheduler.warmup_steps > max
+        {
+            p.push(problem(
+                "optimizer.scheduler.warmup_steps",
+                format!("warm-up of {} steps is longer than max_steps {max}", o.scheduler.warmup_steps),
+            ));
+        }
+        if self.logging.log_every == 0 {
+            p.push(problem("logging.log_every", "expected a positive step count"));
+        }
+        if let Some(f) = self.debug.expected_loss_drop {
+            if !(f.is_finite() && f >= 1.0) {
+                p.push(problem("debug.expected_loss_drop", format!("expected a factor >= 1, got {f}")));
+            }
+            if !self.debug.overfit_single_batch {
+                p.push(problem("debug.expected_loss_drop", "only meaningful with debug.overfit_single_batch: true"));
+            }
+        }
+        self.model.validate(p);
+        self.data.validate(p);
+        self.loss.validate(p);
+    }
+}
+
+/// Where a configuration comes from, in rising precedence.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// The YAML file given with `--config`.
+    pub file: Option<PathBuf>,
+    /// Stage defaults (dotted keys) layered over the built-in defaults, below the file.
+    pub defaults: Vec<(String, Value)>,
+    /// Read `TRAINYARD_…` environment variables.
+    pub env: bool,
+    /// Dotted keys set by CLI flags, highest precedence.
+    pub overrides: Vec<(String, Value)>,
+}
+
+/// Turns a `KEY=VALUE` flag into an override; the value is read as YAML (`3`, `1e-4`, `null`, `[1, 2]`).
+pub fn parse_set_flag(flag: &str) -> Result<(String, Value), String> {
+    let (key, raw) = flag
+        .split_once('=')
+        .ok_or_else(|| format!("--set {flag:?}: expected KEY=VALUE, e.g. training.max_steps=100"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("--set {flag:?}: {key:?} is not a dotted key path"));
+    }
+    let value: Value = serde_yaml::from_str::<serde_yaml::Value>(raw)
+        .map_err(|e| format!("--set {flag:?}: value is not valid YAML: {e}"))
+        .and_then(|v| Value::serialize(v).map_err(|e| format!("--set {flag:?}: {e}")))?;
+    Ok((key.to_string(), value))
+}
+
+/// A YAML `null` for overrides that clear a key.
+pub fn null() -> Value {
+    Value::Empty(figment::value::Tag::Default, figment::value::Empty::None)
+}
+
+/// The merged configuration, before it is checked.
+pub struct Merged {
+    figment: Figment,
+    tree: Dict,
+}
+
+impl ConfigSources {
+    fn figment<C: Serialize + Default>(&self) -> Result<Figment, ConfigErrors> {
+        let defaults = Value::serialize(C::default()).expect("config types serialise");
+        let mut f = Figment::from(Named::new("built-in default", Serialized::defaults(defaults)));
+        for (key, value) in &self.defaults {
+            f = f.merge(Named::new("stage default", Serialized::default(key, value.clone())));
+        }
+        if let Some(path) = &self.file {
+            if !path.is_file() {
+                return Err(ConfigErrors(vec![ConfigProblem {
+                    key: String::new(),
+                    message: format!(
+                        "config file {} does not exist or is not a file (expected a YAML file)",
+                        path.display()
+                    ),
+                    origin: None,
+                }]));
+            }
+            f = f.merge(Yaml::file_exact(path));
+        }
+        if self.env {
+            f = f.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        }
+        for (key, value) in &self.overrides {
+            f = f.merge(Named::new("command-line flag", Serialized::default(key, value.clone())));
+        }
+        Ok(f)
+    }
+
+    /// Merges the sources into one tree. Fails only when a source cannot be read or parsed.
+    pub fn merge<C: Serialize + Default>(&self) -> Result<Merged, ConfigErrors> {
+        let figment = self.figment::<C>()?;
+        let tree = match figment.extract::<Value>() {
+            Ok(Value::Dict(_, d)) => d,
+            Ok(other) => {
+                return Err(ConfigErrors(vec![problem(
+                    "",
+                    format!("expected a mapping at the top level, found {}", other.to_actual()),
+                )]));
+            }
+            Err(e) => {
+                return Err(ConfigErrors(e.into_iter().map(|e| figment_problem(&e, None)).collect()));
+            }
+        };
+        Ok(Merged { figment, tree })
+    }
+
+    /// Merges, checks types and unknown keys, and validates; returns the config or every problem.
+    pub fn load<C>(&self) -> Result<C, ConfigErrors>
+    where
+        C: Serialize + DeserializeOwned + Default + Validate,
+    {
+        self.merge::<C>()?.resolve()
+    }
+}
+
+fn figment_problem(e: &figment::Error, key_override: Option<&str>) -> ConfigProblem {
+    let key = key_override.map(str::to_string).unwrap_or_else(|| e.path.join("."));
+    let origin = e.metadata.as_ref().map(|m| describe_origin(m, &key));
+    ConfigProblem { key, message: e.kind.to_string(), origin }
+}
+
+fn describe_origin(meta: &figment::Metadata, key: &str) -> String {
+    match &meta.source {
+        Some(figment::Source::File(p)) => p.display().to_string(),
+        _ if meta.name.contains("environment") => {
+            format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+        }
+        _ => meta.name.to_string(),
+    }
+}
+
+/// A provider under a name that error messages can show ("command-line flag", ...).
+struct Named {
+    name: &'static str,
+    inner: Serialized<Value>,
+}
+
+impl Named {
+    fn new(name: &'static str, inner: Serialized<Value>) -> Self {
+        Self { name, inner }
+    }
+}
+
+impl figment::Provider for Named {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+impl Merged {
+    /// Where the value at a dotted key came from, e.g. the YAML file's path.
+    pub fn origin(&self, key: &str) -> Option<String> {
+        self.figment.find_metadata(key).map(|m| describe_origin(m, key))
+    }
+
+    /// The raw merged tree (for `--print-config` of an invalid config).
+    pub fn tree(&self) -> &Dict {
+        &self.tree
+    }
+
+    /// Checks the merged tree against `C` and reports every problem at once.
+    ///
+    /// Unknown keys are found by comparing with the serialised defaults; type errors by
+    /// deserialising each leaf on its own, so one bad value does not hide another.
+    pub fn resolve<C>(&self) -> Result<C, ConfigErrors>
+    where
+        C: Serialize + DeserializeOwned + Default + Validate,
+    {
+        let defaults = match Value::serialize(C::default()) {
+            Ok(Value::Dict(_, d)) => d,
+            _ => unreachable!("a config struct serialises to a mapping"),
+        };
+        let mut problems = Vec::new();
+        let mut known = Dict::new();
+        let mut leaves = Vec::new();
+        self.split_known(&self.tree, &defaults, "", &mut known, &mut leaves, &mut problems);
+
+        let mut typed_tree = defaults.clone();
+        let whole = Value::from(known.clone());
+        let config: C = match whole.deserialize::<C>() {
+            Ok(c) => c,
+            Err(_) => {
+                // Find each bad leaf on its own against the defaults.
+                for (path, value) in &leaves {
+                    let mut single = defaults.clone();
+                    set_path(&mut single, path, value.clone());
+                    match Value::from(single).deserialize::<C>() {
+                        Ok(_) => set_path(&mut typed_tree, path, value.clone()),
+                        Err(e) => {
+                            let key = path.join(".");
+                            let mut p = figment_problem(&e, Some(&key));
+                            p.origin = self.origin(&key);
+                            problems.push(p);
+                        }
+                    }
+                }
+                Value::from(typed_tree).deserialize::<C>().unwrap_or_else(|_| C::default())
+            }
+        };
+        let mut semantic = Vec::new();
+        config.validate(&mut semantic);
+        for mut p in semantic {
+            if p.origin.is_none() && !p.key.is_empty() {
+                p.origin = self.origin(&p.key).filter(|o| !o.contains("default"));
+            }
+            problems.push(p);
+        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
+    }
+
+    fn split_known(
+        &self,
+        given: &Dict,
+        defaults: &Dict,
+        prefix: &str,
+        known: &mut Dict,
+        leaves: &mut Vec<(Vec<String>, Value)>,
+        problems: &mut Vec<ConfigProblem>,
+    ) {
+        for (k, v) in given {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match defaults.get(k) {
+                None => {
+                    let expected: Vec<&str> = defaults.keys().map(String::as_str).collect();
+                    problems.push(ConfigProblem {
+                        key: path.clone(),
+                        message: format!(
+                            "unknown key `{k}`{}; expected one of: {}",
+                            if prefix.is_empty() { String::new() } else { format!(" in `{prefix}`") },
+                            expected.join(", ")
+                        ),
+                        origin: self.origin(&path),
+                    });
+                }
+                Some(Value::Dict(_, dsub)) => match v {
+                    Value::Dict(_, gsub) => {
+                        let mut sub = Dict::new();
+                        self.split_known(gsub, dsub, &path, &mut sub, leaves, problems);
+                        known.insert(k.clone(), Value::from(sub));
+                    }
+                    _ => {
+                        known.insert(k.clone(), v.clone());
+                        leaves.push((path.split('.').map(str::to_string).collect(), v.clone()));
+                    }
+                },
+                Some(_) => {
+                    known.insert(k.clone(), v.clone());
+                    leaves.push((path.split('.').map(str::to_string).collect(), v.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn set_path(tree: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            tree.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = tree.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, d) = entry {
+                set_path(d, rest, value);
+            } else {
+                let mut d = Dict::new();
+                set_path(&mut d, rest, value);
+                *entry = Value::from(d);
+            }
+        }
+    }
+}
+
+/// Renders a config as the YAML `--print-config` shows and the run directory keeps.
+pub fn to_yaml<C: Serialize>(config: &C) -> String {
+    serde_yaml::to_string(config).expect("config types serialise to YAML")
+}
+
+/// Writes the resolved config into the run directory as `config.yaml`.
+pub fn write_resolved<C: Serialize>(config: &C, run_dir: &Path) -> std::io::Result<PathBuf> {
+    let path = run_dir.join("config.yaml");
+    std::fs::write(&path, to_yaml(config))?;
+    Ok(path)
+}
+
+/// Renders `problems` as one string per problem (for tests and snapshots).
+pub fn problem_lines(errors: &ConfigErrors) -> Vec<String> {
+    errors.0.iter().map(ToString::to_string).collect()
+}

@@ -1,0 +1,22 @@
+//! The one training loop of trainyard and everything around it: the task trait stages
+//! implement, configuration (defaults ← YAML ← environment ← flags), backend selection,
+//! telemetry (jsonl, csv, TensorBoard, progress), and Ctrl-C handling.
+//!
+//! A stage binary implements [`cli::Stage`] and calls [`cli::main`]; library users can drive
+//! [`train::Trainer`] directly with a [`task::Task`].
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod grads;
+pub mod interrupt;
+pub mod schedule;
+pub mod task;
+pub mod telemetry;
+pub mod tensorboard;
+pub mod toy;
+pub mod train;
+
+pub use config::RunConfig;
+pub use task::{Metrics, Mode, Selection, StepOutput, Task};
+pub use train::{LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer};

@@ -1,0 +1,99 @@
+//! What a stage supplies to the loop: its model, its data, one training step and validation.
+
+use std::collections::BTreeMap;
+
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+/// Named scalar metrics, ordered by name so every output lists them the same way.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// The result of one forward pass on one micro-batch.
+pub struct StepOutput<B: AutodiffBackend> {
+    /// The scalar loss to minimise (mean over the micro-batch's samples).
+    pub loss: Tensor<B, 1>,
+    /// Extra named metrics of this micro-batch, logged next to the loss.
+    pub metrics: Metrics,
+}
+
+/// Whether a larger or a smaller metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Smaller is better (losses, errors).
+    Min,
+    /// Larger is better (accuracies, agreements).
+    Max,
+}
+
+impl Mode {
+    /// Whether `candidate` is strictly better than `incumbent`. NaN is never better, and
+    /// anything finite beats NaN.
+    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
+        match (candidate.is_nan(), incumbent.is_nan()) {
+            (true, _) => false,
+            (false, true) => true,
+            _ => match self {
+                Mode::Min => candidate < incumbent,
+                Mode::Max => candidate > incumbent,
+            },
+        }
+    }
+}
+
+/// The validation metric that selects the best model, with its direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Metric name as returned by [`Task::validate`].
+    pub metric: String,
+    /// Direction of improvement.
+    pub mode: Mode,
+}
+
+/// A training task: everything stage-specific that the loop drives.
+///
+/// The loop owns data order: it asks for the training set's length, shuffles indices with
+/// the run's seed, and asks the task to assemble each micro-batch from its indices.
+pub trait Task<B: AutodiffBackend> {
+    /// The trainable model.
+    type Model: AutodiffModule<B>;
+    /// One assembled micro-batch on the device.
+    type Batch;
+
+    /// Builds a freshly initialised model. The loop seeds the backend first.
+    fn build_model(&self, device: &B::Device) -> Self::Model;
+
+    /// Number of samples in the training set.
+    fn train_len(&self) -> usize;
+
+    /// Assembles the samples at `indices` into a micro-batch.
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> Self::Batch;
+
+    /// Forward pass of one micro-batch: the loss to minimise and named metrics.
+    fn train_step(&self, model: &Self::Model, batch: &Self::Batch) -> StepOutput<B>;
+
+    /// Evaluates the model (without autodiff) on the validation set.
+    fn validate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule, device: &B::Device) -> Metrics;
+
+    /// Which validation metric selects the best model.
+    fn selection(&self) -> Selection;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_ranks_worst_in_both_modes() {
+        for mode in [Mode::Min, Mode::Max] {
+            assert!(mode.is_better(1.0, f64::NAN));
+            assert!(!mode.is_better(f64::NAN, 1.0));
+            assert!(!mode.is_better(f64::NAN, f64::NAN));
+        }
+        assert!(Mode::Min.is_better(0.5, 1.0));
+        assert!(Mode::Max.is_better(1.0, 0.5));
+        assert!(!Mode::Min.is_better(1.0, 1.0), "ties are not improvements");
+    }
+}

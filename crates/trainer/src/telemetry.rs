@@ -1,0 +1,379 @@
+//! Everything a run reports: `training.jsonl` (one JSON object per event), `metrics.csv`
+//! (one row per validation), TensorBoard scalars, and the progress display.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::config::{LoggingConfig, ProgressMode};
+use crate::task::Metrics;
+use crate::tensorboard::EventWriter;
+
+/// File name of the event log inside the run directory.
+pub const JSONL: &str = "training.jsonl";
+/// File name of the per-validation table inside the run directory.
+pub const CSV: &str = "metrics.csv";
+/// Directory of TensorBoard event files inside the run directory.
+pub const TENSORBOARD_DIR: &str = "tensorboard";
+
+/// Memory in use, as reported by the best source available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// Bytes in use.
+    pub bytes: u64,
+    /// `rss` (process resident set) — device memory is reported where a backend exposes it.
+    pub kind: &'static str,
+}
+
+/// Resident memory of this process, if the platform reports it.
+pub fn memory_now() -> Option<MemoryReading> {
+    memory_stats::memory_stats().map(|m| MemoryReading { bytes: m.physical_mem as u64, kind: "rss" })
+}
+
+/// One optimizer step as reported to every sink.
+#[derive(Debug, Clone)]
+pub struct StepRecord<'a> {
+    /// Optimizer steps completed (1-based).
+    pub step: u64,
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// Mean loss over the step's micro-batches (sample-weighted).
+    pub loss: f64,
+    /// Learning rate used for this step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Named metrics of the step (sample-weighted means).
+    pub metrics: &'a Metrics,
+    /// Seconds the step took.
+    pub step_time: f64,
+}
+
+/// Writes telemetry for one run.
+pub struct Telemetry {
+    jsonl: BufWriter<File>,
+    csv: Option<(csv::Writer<File>, Vec<String>)>,
+    csv_path: PathBuf,
+    tb: Option<EventWriter>,
+    progress: Progress,
+    start: Instant,
+    losses_since_val: (f64, u64),
+}
+
+fn io_context(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+impl Telemetry {
+    /// Opens the sinks in `run_dir` for a run of `total_steps` optimizer steps.
+    pub fn create(run_dir: &Path, logging: &LoggingConfig, total_steps: u64) -> io::Result<Self> {
+        let jsonl_path = run_dir.join(JSONL);
+        let jsonl =
+            OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(|e| io_context(e, &jsonl_path))?;
+        let tb = if logging.tensorboard {
+            let dir = run_dir.join(TENSORBOARD_DIR);
+            Some(EventWriter::create(&dir).map_err(|e| io_context(e, &dir))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            jsonl: BufWriter::new(jsonl),
+            csv: None,
+            csv_path: run_dir.join(CSV),
+            tb,
+            progress: Progress::new(logging, total_steps),
+            start: Instant::now(),
+            losses_since_val: (0.0, 0),
+        })
+    }
+
+    /// Seconds since the sinks were opened.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Appends one event object (`{"event": kind, ...fields}`) to `training.jsonl` and flushes it,
+    /// so a crash loses at most the line being written.
+    pub fn event(&mut self, kind: &str, fields: Value) -> io::Result<()> {
+        let mut obj = serde_json::Map::new();
+        obj.insert("event".into(), json!(kind));
+        obj.insert("time".into(), json!(self.elapsed()));
+        if let Value::Object(f) = fields {
+            obj.extend(f);
+        }
+        serde_json::to_writer(&mut self.jsonl, &Value::Object(obj))?;
+        self.jsonl.write_all(b"\n")?;
+        self.jsonl.flush()
+    }
+
+    /// Reports one completed optimizer step.
+    pub fn train_step(&mut self, r: &StepRecord<'_>) -> io::Result<()> {
+        let memory = memory_now();
+        self.losses_since_val.0 += r.loss;
+        self.losses_since_val.1 += 1;
+        self.event(
+            "train_step",
+            json!({
+                "step": r.step,
+                "epoch": r.epoch,
+                "loss": r.loss,
+                "lr": r.lr,
+                "grad_norm": r.grad_norm,
+                "metrics": r.metrics,
+                "elapsed": self.elapsed(),
+                "step_time": r.step_time,
+                "memory": memory.map(|m| json!({"kind": m.kind, "bytes": m.bytes})),
+            }),
+        )?;
+        if let Some(tb) = &mut self.tb {
+            let mut scalars: Vec<(String, f64)> =
+                vec![("train/loss".into(), r.loss), ("train/lr".into(), r.lr), ("train/grad_norm".into(), r.grad_norm)];
+            scalars.extend(r.metrics.iter().map(|(k, v)| (format!("train/{k}"), *v)));
+            tb.scalars(r.step, scalars.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        }
+        if let Some(warning) = self.progress.on_step(r, memory) {
+            self.event("memory_warning", warning)?;
+        }
+        Ok(())
+    }
+
+    /// Reports one validation: jsonl event, a `metrics.csv` row and TensorBoard scalars.
+    pub fn validation(&mut self, step: u64, epoch: u64, lr: f64, metrics: &Metrics, is_best: bool) -> io::Result<()> {
+        let (sum, n) = std::mem::take(&mut self.losses_since_val);
+        let train_loss = if n > 0 { sum / n as f64 } else { f64::NAN };
+        self.event(
+            "validation",
+            json!({"step": step, "epoch": epoch, "metrics": metrics, "train_loss": train_loss, "is_best": is_best}),
+        )?;
+        self.csv_row(step, epoch, lr, train_loss, metrics)?;
+        if let Some(tb) = &mut self.tb {
+            let tags: Vec<(String, f64)> = metrics.iter().map(|(k, v)| (format!("val/{k}"), *v)).collect();
+            tb.scalars(step, tags.iter().map(|(k, v)| (k.as_str(), *v)))?;
+            tb.flush()?;
+        }
+        self.progress.message(&format!(
+            "validation at step {step}: {}",
+            metrics.iter().map(|(k, v)| format!("{k}={v:.6}")).collect::<Vec<_>>().join(" ")
+        ));
+        Ok(())
+    }
+
+    fn csv_row(&mut self, step: u64, epoch: u64, lr: f64, train_loss: f64, metrics: &Metrics) -> io::Result<()> {
+        if self.csv.is_none() {
+            // Columns are fixed by the first validation so every row lines up.
+            let columns: Vec<String> = metrics.keys().cloned().collect();
+            let file = File::create(&self.csv_path).map_err(|e| io_context(e, &self.csv_path))?;
+            let mut w = csv::Writer::from_writer(file);
+            let mut header =
+                vec!["step".to_string(), "epoch".into(), "elapsed".into(), "lr".into(), "train_loss".into()];
+            header.extend(columns.iter().cloned());
+            w.write_record(&header)?;
+            self.csv = Some((w, columns));
+        }
+        let elapsed = self.elapsed();
+        let (w, columns) = self.csv.as_mut().expect("created above");
+        let mut row =
+            vec![step.to_string(), epoch.to_string(), format!("{elapsed:.3}"), lr.to_string(), train_loss.to_string()];
+        row.extend(columns.iter().map(|c| metrics.get(c).map(|v| v.to_string()).unwrap_or_default()));
+        w.write_record(&row)?;
+        w.flush()?;
+        for extra in metrics.keys().filter(|k| !columns.contains(k)) {
+            tracing::warn!(
+                "metric {extra} appeared after the first validation; it is in training.jsonl but not in metrics.csv"
+            );
+        }
+        Ok(())
+    }
+
+    /// Notes that a checkpoint was written at `step` (resets "steps since checkpoint").
+    pub fn checkpoint(&mut self, step: u64, path: &Path, reason: &str) -> io::Result<()> {
+        self.progress.last_checkpoint = step;
+        self.event("checkpoint", json!({"step": step, "path": path, "reason": reason}))
+    }
+
+    /// Flushes every sink and clears the progress display.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.progress.finish();
+        if let Some(tb) = &mut self.tb {
+            tb.flush()?;
+        }
+        self.jsonl.flush()
+    }
+}
+
+/// Moving averages and the step/ETA/memory display.
+struct Progress {
+    display: Display,
+    total: u64,
+    log_every: u64,
+    times: VecDeque<f64>,
+    losses: VecDeque<f64>,
+    last_checkpoint: u64,
+    memory_baseline: Option<u64>,
+    baseline_step: u64,
+    warned: bool,
+}
+
+enum Display {
+    Bar(ProgressBar),
+    Plain,
+    Off,
+}
+
+/// Window of the moving averages (ETA and loss).
+const WINDOW: usize = 50;
+
+fn push(q: &mut VecDeque<f64>, v: f64) {
+    if q.len() == WINDOW {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+fn mean(q: &VecDeque<f64>) -> f64 {
+    q.iter().sum::<f64>() / q.len().max(1) as f64
+}
+
+/// `1h02m03s`-style duration.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s / 60) % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, sec) => format!("{h}h{m:02}m{sec:02}s"),
+    }
+}
+
+fn format_bytes(b: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if b as f64 >= 1024.0 * MIB {
+        format!("{:.2} GiB", b as f64 / (1024.0 * MIB))
+    } else {
+        format!("{:.0} MiB", b as f64 / MIB)
+    }
+}
+
+impl Progress {
+    fn new(logging: &LoggingConfig, total: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let display = match (logging.progress, terminal) {
+            (ProgressMode::Off, _) => Display::Off,
+            (ProgressMode::Plain, _) | (ProgressMode::Auto, false) => Display::Plain,
+            (ProgressMode::Bar, _) | (ProgressMode::Auto, true) => {
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg}")
+                        .expect("static template")
+                        .progress_chars("=> "),
+                );
+                Display::Bar(bar)
+            }
+        };
+        Self {
+            display,
+            total,
+            log_every: logging.log_every,
+            times: VecDeque::with_capacity(WINDOW),
+            losses: VecDeque::with_capacity(WINDOW),
+            last_checkpoint: 0,
+            memory_baseline: None,
+            // Memory is compared with its level once allocations have settled.
+            baseline_step: (total / 10).clamp(1, 50),
+            warned: false,
+        }
+    }
+
+    /// Updates averages and display; returns a warning event when memory has grown > 50 %.
+    fn on_step(&mut self, r: &StepRecord<'_>, memory: Option<MemoryReading>) -> Option<Value> {
+        push(&mut self.times, r.step_time);
+        push(&mut self.losses, r.loss);
+        let eta = Duration::from_secs_f64(mean(&self.times) * self.total.saturating_sub(r.step) as f64);
+        let mem = memory.map(|m| format!(" {} {}", m.kind, format_bytes(m.bytes))).unwrap_or_default();
+        let line = format!(
+            "loss(ma{}) {:.4} lr {:.2e} eta {} since-ckpt {}{mem}",
+            self.losses.len(),
+            mean(&self.losses),
+            r.lr,
+            format_duration(eta),
+            r.step - self.last_checkpoint
+        );
+        match &self.display {
+            Display::Bar(bar) => {
+                bar.set_position(r.step);
+                bar.set_message(line);
+            }
+            Display::Plain if r.step % self.log_every == 0 || r.step == self.total || r.step == 1 => {
+                tracing::info!("step {}/{} {line}", r.step, self.total);
+            }
+            _ => {}
+        }
+        let m = memory?;
+        match self.memory_baseline {
+            None if r.step >= self.baseline_step => self.memory_baseline = Some(m.bytes),
+            Some(base) if !self.warned && m.bytes as f64 > base as f64 * 1.5 => {
+                self.warned = true;
+                let msg = format!(
+                    "memory ({}) grew from {} at step {} to {} at step {} (> 50 %): possible leak",
+                    m.kind,
+                    format_bytes(base),
+                    self.baseline_step,
+                    format_bytes(m.bytes),
+                    r.step
+                );
+                self.message(&msg);
+                tracing::warn!("{msg}");
+                return Some(json!({"step": r.step, "baseline_bytes": base, "bytes": m.bytes, "kind": m.kind}));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn message(&self, msg: &str) {
+        match &self.display {
+            Display::Bar(bar) => bar.println(msg),
+            Display::Plain => tracing::info!("{msg}"),
+            Display::Off => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Display::Bar(bar) = &self.display {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_clocks() {
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(format_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(format_duration(Duration::from_secs(3723)), "1h02m03s");
+    }
+
+    #[test]
+    fn memory_growth_warns_once_past_half_again_the_baseline() {
+        let logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
+        let mut p = Progress::new(&logging, 100);
+        assert_eq!(p.baseline_step, 10);
+        let metrics = Metrics::new();
+        let mut warnings = Vec::new();
+        for (step, mib) in [(1, 50), (10, 100), (20, 140), (30, 151), (40, 300)] {
+            let r =
+                StepRecord { step, epoch: 0, loss: 1.0, lr: 0.1, grad_norm: 1.0, metrics: &metrics, step_time: 0.1 };
+            if let Some(w) = p.on_step(&r, Some(MemoryReading { bytes: mib << 20, kind: "rss" })) {
+                warnings.push(w["step"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(warnings, vec![30], "baseline 100 MiB at step 10; 151 MiB is the first reading over 150");
+    }
+}
