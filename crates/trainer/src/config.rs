@@ -361,7 +361,8 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
                 format!("expected a non-negative weight decay, got {}", o.weight_decay),
             ));
         }
-        if !(o.scheduler.min_lr.is_finite() && o.scheduler.min_lr >= 0.0 && o.scheduler.min_lr <= o.lr) {
+        let lr_valid = o.lr.is_finite() && o.lr > 0.0;
+        if lr_valid && !(o.scheduler.min_lr.is_finite() && o.scheduler.min_lr >= 0.0 && o.scheduler.min_lr <= o.lr) {
             p.push(problem(
                 "optimizer.scheduler.min_lr",
                 format!("expected 0 <= min_lr <= lr ({}), got {}", o.lr, o.scheduler.min_lr),

@@ -207,6 +207,14 @@ pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     order
 }
 
+/// Builds the task's model with the backend seeded by `seed`: the same seed always gives the
+/// same initial weights, also when several runs share a process.
+pub fn init_model<B: AutodiffBackend, T: Task<B>>(task: &T, seed: u64, device: &B::Device) -> T::Model {
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    B::seed(device, seed);
+    task.build_model(device)
+}
+
 /// Runs a task under a loop configuration.
 pub struct Trainer<'a, M> {
     config: LoopConfig<'a>,
@@ -265,11 +273,7 @@ impl<'a, M> Trainer<'a, M> {
         };
         let schedule = LrSchedule::new(cfg.optimizer.lr, cfg.optimizer.scheduler.clone(), total_steps);
 
-        let mut model = {
-            let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            B::seed(device, cfg.seed);
-            task.build_model(device)
-        };
+        let mut model = init_model::<B, T>(task, cfg.seed, device);
         let o = cfg.optimizer;
         let mut optim = AdamWConfig::new()
             .with_beta_1(o.betas[0] as f32)

@@ -1,0 +1,234 @@
+//! The shared command line, exercised through the toy stage binary: config precedence and
+//! errors, determinism across processes, and Ctrl-C / SIGTERM handling.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trainyard-toy");
+
+fn toy() -> Command {
+    let mut c = Command::new(BIN);
+    // Keep the tests independent of the caller's environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRAINYARD_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = cmd.output().unwrap();
+    (status.code().unwrap_or(-1), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+}
+
+fn events(dir: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("training.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == kind)
+        .collect()
+}
+
+fn yaml(text: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+#[test]
+fn flag_beats_env_beats_yaml_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "c.yaml",
+        "training:\n  batch_size: 4\n  max_steps: 3\noptimizer:\n  lr: 0.1\n  eps: 0.5\nseed: 1\n",
+    );
+    let (code, out, err) = run(toy()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--batch-size", "6", "--print-config"])
+        .env("TRAINYARD_TRAINING__BATCH_SIZE", "5")
+        .env("TRAINYARD_OPTIMIZER__LR", "0.2")
+        .env("TRAINYARD_SEED", "9"));
+    assert_eq!(code, 0, "{err}");
+    let v = yaml(&out);
+    assert_eq!(v["training"]["batch_size"].as_u64(), Some(6), "flag beats env");
+    assert_eq!(v["optimizer"]["lr"].as_f64(), Some(0.2), "env beats YAML");
+    assert_eq!(v["seed"].as_u64(), Some(9), "env beats YAML");
+    assert_eq!(v["optimizer"]["eps"].as_f64(), Some(0.5), "YAML beats default");
+    assert_eq!(v["training"]["max_steps"].as_u64(), Some(3), "YAML beats default");
+    assert_eq!(v["optimizer"]["weight_decay"].as_f64(), Some(0.01), "default stays");
+    assert_eq!(v["output_dir"].as_str(), Some("runs/toy"), "the stage's default output directory");
+}
+
+#[test]
+fn a_step_budget_flag_replaces_an_epoch_budget_from_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "c.yaml", "training:\n  epochs: 3\n");
+    let (code, out, err) = run(toy().arg("-c").arg(&cfg).args(["--max-steps", "7", "--print-config"]));
+    assert_eq!(code, 0, "{err}");
+    let v = yaml(&out);
+    assert_eq!(v["training"]["max_steps"].as_u64(), Some(7));
+    assert!(v["training"]["epochs"].is_null());
+}
+
+#[test]
+fn print_config_shows_the_merged_config() {
+    let (code, out, err) = run(toy().args(["--config", "../../configs/smoke/toy.yaml", "--print-config"]));
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!("print_config_smoke_toy", out);
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it_and_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "typo.yaml", "trainig:\n  max_steps: 10\n");
+    let (code, _, err) = run(toy().arg("-c").arg(&cfg).arg("--validate-config"));
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown key `trainig`"), "{err}");
+    assert!(err.contains("typo.yaml"), "names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn validate_config_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "bad.yaml",
+        "training:\n  batch_size: eight\n  max_steps: 10\n  gradient_clip_norm: -1\noptimizer:\n  lr: -0.5\n  sheduler: {}\n",
+    );
+    let (code, out, err) = run(toy().arg("-c").arg(&cfg).arg("--validate-config"));
+    assert_eq!(code, 2, "{out}");
+    let text = err.replace(cfg.to_str().unwrap(), "<config>");
+    insta::assert_snapshot!("validate_config_problems", text);
+
+    let ok = write(dir.path(), "ok.yaml", "training:\n  max_steps: 10\n");
+    let (code, out, err) = run(toy().arg("-c").arg(&ok).arg("--validate-config"));
+    assert_eq!((code, out.trim()), (0, "configuration is valid"), "{err}");
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    let (code, _, err) = run(toy().args(["--validate-config", "--max-steps", "5"]).env("TRAINYARD_TRAINING__BATCH_SIZE", "lots"));
+    assert_eq!(code, 2);
+    assert!(err.contains("training.batch_size"), "{err}");
+    assert!(err.contains("TRAINYARD_TRAINING__BATCH_SIZE"), "{err}");
+}
+
+#[test]
+fn a_missing_config_file_and_an_absent_backend_are_clear_errors() {
+    let (code, _, err) = run(toy().args(["-c", "/nonexistent/x.yaml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/x.yaml") && err.contains("does not exist"), "{err}");
+
+    if !cfg!(feature = "cuda") {
+        let (code, _, err) = run(toy().args(["--max-steps", "1", "--device", "cuda:0"]));
+        assert_eq!(code, 2);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}
+
+fn train_losses(seed: u64) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = run(toy().args(["--max-steps", "30", "--batch-size", "8", "--seed", &seed.to_string()]).arg("-o").arg(&out));
+    assert_eq!(code, 0, "{err}");
+    events(&out, "train_step").iter().map(|e| e["loss"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn the_same_seed_gives_identical_losses_and_another_seed_does_not() {
+    let a = train_losses(3);
+    assert_eq!(a.len(), 30);
+    assert_eq!(a, train_losses(3), "bit-identical losses for the same seed");
+    assert_ne!(a, train_losses(4));
+}
+
+#[test]
+fn an_existing_run_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = run(toy().args(["--max-steps", "2"]).arg("-o").arg(&out));
+    assert_eq!(code, 0, "{err}");
+    let before = std::fs::read(out.join("training.jsonl")).unwrap();
+    let (code, _, err) = run(toy().args(["--max-steps", "2"]).arg("-o").arg(&out));
+    assert_eq!(code, 1);
+    assert!(err.contains("already holds a run"), "{err}");
+    assert_eq!(std::fs::read(out.join("training.jsonl")).unwrap(), before);
+}
+
+fn interrupt_run(signal: &str, expected_code: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = toy()
+        .args(["--max-steps", "100000000", "--val-every", "1000000", "--set", "logging.progress=off"])
+        .arg("-o")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while events(&out, "train_step").len() < 20 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "the run did not stop after {signal}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(expected_code));
+
+    let steps = events(&out, "train_step");
+    let last_step = steps.last().unwrap()["step"].as_u64().unwrap();
+    let interrupted = &events(&out, "interrupted")[0];
+    assert_eq!(interrupted["step"].as_u64(), Some(last_step), "stopped after a completed optimizer step");
+    let ckpt = &events(&out, "checkpoint")[0];
+    assert_eq!(ckpt["step"].as_u64(), Some(last_step));
+    let path = PathBuf::from(ckpt["path"].as_str().unwrap());
+    assert!(path.is_file(), "the save hook wrote {}", path.display());
+    assert_eq!(path.file_name().unwrap().to_str().unwrap(), format!("interrupted_step_{last_step}.mpk"));
+    // The jsonl ends with the run_end event after the save.
+    let all = std::fs::read_to_string(out.join("training.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(all.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "run_end");
+}
+
+#[test]
+fn sigint_saves_after_a_completed_step_and_exits_130() {
+    interrupt_run("-INT", 130);
+}
+
+#[test]
+fn sigterm_saves_after_a_completed_step_and_exits_143() {
+    interrupt_run("-TERM", 143);
+}
+
+#[test]
+fn the_overfit_check_fails_the_run_when_the_loss_does_not_drop_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = run(toy()
+        .args(["--config", "../../configs/smoke/toy.yaml", "--max-steps", "3", "--set", "debug.expected_loss_drop=1000000"])
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(code, 1);
+    assert!(err.contains("overfit check failed"), "{err}");
+}
