@@ -1,1 +1,195 @@
-fn main() {}
+//! `cargo xtask`: project automation in Rust, so it runs the same on every machine.
+//!
+//! - `ci [--stage NAME]`: format check, clippy with warnings denied, tests, smoke runs.
+//! - `smoke [--stage NAME]`: overfit one batch per stage on the CPU and check the loss drop.
+//! - `check-backends`: build the binaries with the `wgpu` and `cuda` features (own target dir).
+//! - `bench [FILTER]`: criterion benchmarks of training steps.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// A stage registered with the automation: its package, binary and smoke config.
+struct StageInfo {
+    name: &'static str,
+    package: &'static str,
+    bin: &'static str,
+    smoke_config: &'static str,
+}
+
+/// Every stage, in registration order. The toy task comes first; each later stage adds itself.
+const STAGES: &[StageInfo] =
+    &[StageInfo { name: "toy", package: "trainer", bin: "trainyard-toy", smoke_config: "configs/smoke/toy.yaml" }];
+
+#[derive(Parser)]
+#[command(about = "trainyard project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format check, clippy (warnings denied), tests and smoke runs: what CI runs.
+    Ci {
+        /// Only this stage's packages (for per-stage CI jobs).
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Overfit one batch per stage on the CPU and check the loss falls by the configured factor.
+    Smoke {
+        /// Only this stage.
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Build every binary with the wgpu and cuda features, in target/backends.
+    CheckBackends,
+    /// Run the criterion benchmarks (optionally filtered by name).
+    Bench {
+        /// Benchmark name filter passed to criterion.
+        filter: Option<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let start = Instant::now();
+    eprintln!("xtask: {what}: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    eprintln!("xtask: {what} took {:.1}s", start.elapsed().as_secs_f64());
+    ensure!(status.success(), "{what} failed ({status})");
+    Ok(())
+}
+
+fn stages(filter: Option<&str>) -> Result<Vec<&'static StageInfo>> {
+    let chosen: Vec<_> = STAGES.iter().filter(|s| filter.is_none_or(|f| s.name == f)).collect();
+    if chosen.is_empty() {
+        let names: Vec<_> = STAGES.iter().map(|s| s.name).collect();
+        bail!("unknown stage {:?}; registered stages: {}", filter.unwrap_or(""), names.join(", "));
+    }
+    Ok(chosen)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn ci(stage: Option<&str>) -> Result<()> {
+    let chosen = stages(stage)?;
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "format check")?;
+
+    let package_args: Vec<String> = match stage {
+        None => vec!["--workspace".into()],
+        Some(_) => {
+            let mut v: Vec<String> = chosen.iter().flat_map(|s| ["-p".to_string(), s.package.to_string()]).collect();
+            v.dedup();
+            v
+        }
+    };
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--locked", "--all-targets"]).args(&package_args).args(["--", "-D", "warnings"]);
+    run(clippy, "clippy")?;
+
+    let mut test = cargo();
+    test.args(["test", "--locked"]).args(&package_args);
+    run(test, "tests")?;
+
+    smoke(stage)
+}
+
+fn smoke(stage: Option<&str>) -> Result<()> {
+    for s in stages(stage)? {
+        let mut build = cargo();
+        build.args(["build", "--locked", "-p", s.package, "--bin", s.bin]);
+        run(build, &format!("build {}", s.bin))?;
+
+        let out = target_dir().join("smoke").join(s.name);
+        if out.exists() {
+            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+        }
+        let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
+        cmd.current_dir(root()).arg("--config").arg(s.smoke_config).arg("--output-dir").arg(&out);
+        cmd.args(["--set", "logging.progress=plain"]);
+        run(cmd, &format!("smoke {}", s.name))?;
+        check_smoke(s, &out)?;
+    }
+    Ok(())
+}
+
+/// Reads the run's own outputs and checks the loss fell by the factor its config states.
+fn check_smoke(s: &StageInfo, out: &Path) -> Result<()> {
+    let config_path = out.join("config.yaml");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+    let expected = config["debug"]["expected_loss_drop"]
+        .as_f64()
+        .with_context(|| format!("{}: smoke config must set debug.expected_loss_drop", s.smoke_config))?;
+    let jsonl = out.join("training.jsonl");
+    let text = std::fs::read_to_string(&jsonl).with_context(|| format!("reading {}", jsonl.display()))?;
+    let losses: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "train_step")
+        .filter_map(|e| e["loss"].as_f64())
+        .collect();
+    ensure!(losses.len() >= 2, "{}: fewer than two train steps logged", jsonl.display());
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    let factor = first / last;
+    eprintln!(
+        "xtask: smoke {}: loss {first:.6} -> {last:.6} over {} steps (x{factor:.1}, needs x{expected})",
+        s.name,
+        losses.len()
+    );
+    ensure!(factor >= expected, "smoke {}: loss fell only x{factor:.2}, config expects x{expected}", s.name);
+    Ok(())
+}
+
+fn check_backends() -> Result<()> {
+    let dir = target_dir().join("backends");
+    let mut packages: Vec<&str> = STAGES.iter().map(|s| s.package).collect();
+    packages.dedup();
+    let mut build = cargo();
+    build.env("CARGO_TARGET_DIR", &dir).env("CUDARC_CUDA_VERSION", "13000");
+    build.args(["build", "--locked", "--release", "--bins"]);
+    for p in packages {
+        build.args(["-p", p]);
+    }
+    build.args(["--features", "trainer/wgpu,trainer/cuda"]);
+    run(build, "build with wgpu + cuda")?;
+    eprintln!("xtask: binaries with every backend are in {}", dir.join("release").display());
+    Ok(())
+}
+
+fn bench(filter: Option<&str>) -> Result<()> {
+    let mut b = cargo();
+    b.args(["bench", "--locked", "-p", "trainer", "--bench", "train_step"]);
+    if let Some(f) = filter {
+        b.args(["--", f]);
+    }
+    run(b, "benchmarks")
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Ci { stage } => ci(stage.as_deref()),
+        Cmd::Smoke { stage } => smoke(stage.as_deref()),
+        Cmd::CheckBackends => check_backends(),
+        Cmd::Bench { filter } => bench(filter.as_deref()),
+    }
+}

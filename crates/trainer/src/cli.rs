@@ -19,6 +19,9 @@ use crate::interrupt::Interrupts;
 use crate::telemetry::JSONL;
 use crate::train::{LoopState, StopReason, TrainError};
 
+/// The full config type of stage `S`.
+pub type StageConfig<S> = RunConfig<<S as Stage>::Model, <S as Stage>::Data, <S as Stage>::Loss>;
+
 /// A config section type: serialisable, defaulted, validated.
 pub trait Section: Serialize + DeserializeOwned + Default + Validate + Clone + std::fmt::Debug + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Validate + Clone + std::fmt::Debug + 'static> Section for T {}
@@ -170,7 +173,7 @@ pub fn init_logging() {
 }
 
 struct StageWork<'a, S: Stage> {
-    config: &'a RunConfig<S::Model, S::Data, S::Loss>,
+    config: &'a StageConfig<S>,
     interrupts: Interrupts,
 }
 
@@ -184,10 +187,7 @@ impl<S: Stage> BackendRun for StageWork<'_, S> {
 }
 
 /// Loads the stage's config from `common` and `stage_args`, reporting every problem.
-pub fn load_config<S: Stage>(
-    common: &CommonArgs,
-    stage_args: &S::Args,
-) -> Result<RunConfig<S::Model, S::Data, S::Loss>, ConfigErrors> {
+pub fn load_config<S: Stage>(common: &CommonArgs, stage_args: &S::Args) -> Result<StageConfig<S>, ConfigErrors> {
     let mut overrides = common.overrides();
     overrides.extend(S::overrides(stage_args));
     let sources = ConfigSources {
@@ -196,7 +196,7 @@ pub fn load_config<S: Stage>(
         defaults: vec![("output_dir".into(), Value::from(format!("runs/{}", S::NAME)))],
         overrides,
     };
-    let config: RunConfig<S::Model, S::Data, S::Loss> = sources.load()?;
+    let config: StageConfig<S> = sources.load()?;
     let device: DeviceSpec = config.device.parse().expect("validated");
     let compiled = compiled_backends();
     let feature = match device {
@@ -249,7 +249,7 @@ pub fn main<S: Stage>() -> ExitCode {
     }
 }
 
-fn run<S: Stage>(config: &RunConfig<S::Model, S::Data, S::Loss>) -> Result<(StopReason, LoopState), String> {
+fn run<S: Stage>(config: &StageConfig<S>) -> Result<(StopReason, LoopState), String> {
     let dir = &config.output_dir;
     if dir.join(JSONL).exists() {
         return Err(format!(

@@ -307,7 +307,7 @@ impl Progress {
                 bar.set_position(r.step);
                 bar.set_message(line);
             }
-            Display::Plain if r.step % self.log_every == 0 || r.step == self.total || r.step == 1 => {
+            Display::Plain if r.step.is_multiple_of(self.log_every) || r.step == self.total || r.step == 1 => {
                 tracing::info!("step {}/{} {line}", r.step, self.total);
             }
             _ => {}

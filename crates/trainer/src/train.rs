@@ -368,7 +368,7 @@ impl<'a, M> Trainer<'a, M> {
                     step_time: started.elapsed().as_secs_f64(),
                 })?;
 
-                if t.val_every.is_some_and(|every| state.step % every == 0) {
+                if t.val_every.is_some_and(|every| state.step.is_multiple_of(every)) {
                     if let Some(stop) = self.validate(task, &model, device, &mut tel, &mut state, lr, &selection)? {
                         reason = stop;
                         validated_at = Some(state.step);
@@ -434,7 +434,8 @@ impl<'a, M> Trainer<'a, M> {
 
         if let (true, Some(expected), StopReason::Budget) = (overfit, cfg.debug.expected_loss_drop, &reason) {
             let achieved = first_loss / last_loss;
-            if !(achieved >= expected) {
+            // NaN (a loss that went to 0/0) fails the check too.
+            if achieved.is_nan() || achieved < expected {
                 return Err(TrainError::OverfitCheck {
                     first: first_loss,
                     last: last_loss,

@@ -120,7 +120,8 @@ fn validate_config_reports_every_problem_at_once() {
 
 #[test]
 fn bad_environment_values_name_the_variable() {
-    let (code, _, err) = run(toy().args(["--validate-config", "--max-steps", "5"]).env("TRAINYARD_TRAINING__BATCH_SIZE", "lots"));
+    let (code, _, err) =
+        run(toy().args(["--validate-config", "--max-steps", "5"]).env("TRAINYARD_TRAINING__BATCH_SIZE", "lots"));
     assert_eq!(code, 2);
     assert!(err.contains("training.batch_size"), "{err}");
     assert!(err.contains("TRAINYARD_TRAINING__BATCH_SIZE"), "{err}");
@@ -142,7 +143,8 @@ fn a_missing_config_file_and_an_absent_backend_are_clear_errors() {
 fn train_losses(seed: u64) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let (code, _, err) = run(toy().args(["--max-steps", "30", "--batch-size", "8", "--seed", &seed.to_string()]).arg("-o").arg(&out));
+    let (code, _, err) =
+        run(toy().args(["--max-steps", "30", "--batch-size", "8", "--seed", &seed.to_string()]).arg("-o").arg(&out));
     assert_eq!(code, 0, "{err}");
     events(&out, "train_step").iter().map(|e| e["loss"].as_f64().unwrap()).collect()
 }
@@ -226,7 +228,14 @@ fn the_overfit_check_fails_the_run_when_the_loss_does_not_drop_enough() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (code, _, err) = run(toy()
-        .args(["--config", "../../configs/smoke/toy.yaml", "--max-steps", "3", "--set", "debug.expected_loss_drop=1000000"])
+        .args([
+            "--config",
+            "../../configs/smoke/toy.yaml",
+            "--max-steps",
+            "3",
+            "--set",
+            "debug.expected_loss_drop=1000000",
+        ])
         .arg("-o")
         .arg(&out));
     assert_eq!(code, 1);

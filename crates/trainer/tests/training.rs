@@ -5,8 +5,8 @@ use std::path::Path;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use serde_json::Value;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode};
@@ -19,9 +19,7 @@ use trainer::{Metrics, StopPolicy, StopReason, Task, Trainer};
 type B = CpuBackend;
 
 fn toy_config(dir: &Path) -> ToyConfig {
-    let mut c = ToyConfig::default();
-    c.seed = 7;
-    c.output_dir = dir.to_path_buf();
+    let mut c = ToyConfig { seed: 7, output_dir: dir.to_path_buf(), ..ToyConfig::default() };
     c.training.max_steps = Some(100);
     c.training.batch_size = 16;
     c.training.val_every = Some(25);
@@ -306,7 +304,8 @@ print(json.dumps(out))
     let out = std::process::Command::new(&python).args(["-c", script]).arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let parsed: Vec<(u64, String, f32)> = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<(u64, String, f32)> = read_scalars(&file).unwrap().into_iter().map(|s| (s.step, s.tag, s.value)).collect();
+    let ours: Vec<(u64, String, f32)> =
+        read_scalars(&file).unwrap().into_iter().map(|s| (s.step, s.tag, s.value)).collect();
     assert_eq!(parsed, ours);
     let losses: Vec<f32> =
         events(dir.path(), "train_step").iter().map(|e| e["loss"].as_f64().unwrap() as f32).collect();
