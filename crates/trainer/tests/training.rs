@@ -275,8 +275,8 @@ fn the_model_is_evaluated_without_autodiff_after_training() {
     assert_eq!(metrics["val_loss"], logged, "the final validation is of the returned weights");
 }
 
-/// TensorBoard's own reader must parse our event files. Runs when a Python with the
-/// `tensorboard` package is available (`TENSORBOARD_PYTHON`, else `python3`); `.ci/run`
+/// TensorBoard's own reader (through `scripts/read_tensorboard.py`) must parse our event
+/// files. Runs when a Python with the `tensorboard` package is available (`TENSORBOARD_PYTHON`, else `python3`); `.ci/run`
 /// installs one. Skips with a message otherwise.
 #[test]
 fn tensorboard_python_reader_parses_event_files() {
@@ -292,16 +292,8 @@ fn tensorboard_python_reader_parses_event_files() {
     c.training.val_every = Some(5);
     train(&c);
     let file = std::fs::read_dir(dir.path().join("tensorboard")).unwrap().next().unwrap().unwrap().path();
-    let script = r#"
-import sys, json
-from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-out = []
-for event in LegacyEventFileLoader(sys.argv[1]).Load():
-    for v in event.summary.value:
-        out.append([event.step, v.tag, v.simple_value])
-print(json.dumps(out))
-"#;
-    let out = std::process::Command::new(&python).args(["-c", script]).arg(&file).output().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/read_tensorboard.py");
+    let out = std::process::Command::new(&python).arg(script).arg(&file).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let parsed: Vec<(u64, String, f32)> = serde_json::from_slice(&out.stdout).unwrap();
     let ours: Vec<(u64, String, f32)> =

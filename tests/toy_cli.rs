@@ -11,6 +11,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_trainyard-toy");
 
 fn toy() -> Command {
     let mut c = Command::new(BIN);
+    // Relative paths in the tests are relative to the workspace root.
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     // Keep the tests independent of the caller's environment.
     for (k, _) in std::env::vars() {
         if k.starts_with("TRAINYARD_") {
@@ -84,7 +86,7 @@ fn a_step_budget_flag_replaces_an_epoch_budget_from_yaml() {
 
 #[test]
 fn print_config_shows_the_merged_config() {
-    let (code, out, err) = run(toy().args(["--config", "../../configs/smoke/toy.yaml", "--print-config"]));
+    let (code, out, err) = run(toy().args(["--config", "configs/smoke/toy.yaml", "--print-config"]));
     assert_eq!(code, 0, "{err}");
     insta::assert_snapshot!("print_config_smoke_toy", out);
 }
@@ -228,14 +230,7 @@ fn the_overfit_check_fails_the_run_when_the_loss_does_not_drop_enough() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (code, _, err) = run(toy()
-        .args([
-            "--config",
-            "../../configs/smoke/toy.yaml",
-            "--max-steps",
-            "3",
-            "--set",
-            "debug.expected_loss_drop=1000000",
-        ])
+        .args(["--config", "configs/smoke/toy.yaml", "--max-steps", "3", "--set", "debug.expected_loss_drop=1000000"])
         .arg("-o")
         .arg(&out));
     assert_eq!(code, 1);
