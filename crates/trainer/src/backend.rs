@@ -106,6 +106,7 @@ pub fn run_on<W: BackendRun>(spec: DeviceSpec, work: W) -> Result<W::Output, Bac
             #[cfg(feature = "wgpu")]
             {
                 use burn::backend::wgpu::{Wgpu, WgpuDevice};
+                wgpu_preflight(index).map_err(|reason| BackendError::Unavailable { device: spec, reason })?;
                 Ok(work.run::<burn::backend::Autodiff<Wgpu>>(
                     WgpuDevice::DiscreteGpu(index),
                     &format!("wgpu (discrete gpu {index})"),
@@ -131,6 +132,31 @@ pub fn run_on<W: BackendRun>(spec: DeviceSpec, work: W) -> Result<W::Output, Bac
             }
         }
     }
+}
+
+/// Checks, without panicking, that wgpu finds an adapter for discrete GPU `index`.
+///
+/// Mirrors cubecl's selection (discrete GPUs, then adapters of type "other"), which panics in
+/// its device thread when none is found.
+#[cfg(feature = "wgpu")]
+fn wgpu_preflight(index: usize) -> Result<(), String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    let discrete = infos.iter().filter(|i| i.device_type == wgpu::DeviceType::DiscreteGpu).count();
+    let other = infos.iter().filter(|i| i.device_type == wgpu::DeviceType::Other).count();
+    if index < discrete || index < other {
+        return Ok(());
+    }
+    let found: Vec<String> =
+        infos.iter().map(|i| format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)).collect();
+    Err(format!(
+        "wgpu found {discrete} discrete GPU(s); adapters present: {}",
+        if found.is_empty() { "none (no Vulkan/Metal/DX12 driver?)".to_string() } else { found.join(", ") }
+    ))
 }
 
 /// Checks, without panicking, that the CUDA driver library loads and `index` names a device.

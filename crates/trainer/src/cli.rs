@@ -182,6 +182,11 @@ impl<S: Stage> BackendRun for StageWork<'_, S> {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Self::Output {
         tracing::info!("backend: {name}");
+        // The run directory is made only once the backend is known to work.
+        let dir = &self.config.output_dir;
+        std::fs::create_dir_all(dir)
+            .and_then(|_| config::write_resolved(self.config, dir).map(drop))
+            .map_err(|e| TrainError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
         S::train::<B>(self.config, &device, self.interrupts)
     }
 }
@@ -258,8 +263,6 @@ fn run<S: Stage>(config: &StageConfig<S>) -> Result<(StopReason, LoopState), Str
             JSONL
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating output directory {}: {e}", dir.display()))?;
-    config::write_resolved(config, dir).map_err(|e| format!("writing {}/config.yaml: {e}", dir.display()))?;
     let interrupts = Interrupts::install().map_err(|e| format!("installing signal handlers: {e}"))?;
     let device: DeviceSpec = config.device.parse().map_err(|e| format!("{e}"))?;
     run_on(device, StageWork::<S> { config, interrupts }).map_err(|e| e.to_string())?.map_err(|e| e.to_string())
