@@ -204,11 +204,12 @@ fn interrupt_run(signal: &str, expected_code: i32) {
     let last_step = steps.last().unwrap()["step"].as_u64().unwrap();
     let interrupted = &events(&out, "interrupted")[0];
     assert_eq!(interrupted["step"].as_u64(), Some(last_step), "stopped after a completed optimizer step");
-    let ckpt = &events(&out, "checkpoint")[0];
+    let ckpt = events(&out, "checkpoint").pop().unwrap();
     assert_eq!(ckpt["step"].as_u64(), Some(last_step));
-    let path = PathBuf::from(ckpt["path"].as_str().unwrap());
-    assert!(path.is_file(), "the save hook wrote {}", path.display());
-    assert_eq!(path.file_name().unwrap().to_str().unwrap(), format!("interrupted_step_{last_step}.mpk"));
+    assert_eq!(ckpt["reasons"], serde_json::json!(["interrupted"]));
+    let path = PathBuf::from(ckpt["written"][0].as_str().unwrap());
+    assert_eq!(path, out.join("checkpoints/checkpoint_latest.safetensors"));
+    assert!(path.is_file(), "the interrupt wrote {}", path.display());
     // The jsonl ends with the run_end event after the save.
     let all = std::fs::read_to_string(out.join("training.jsonl")).unwrap();
     let last: Value = serde_json::from_str(all.lines().last().unwrap()).unwrap();
@@ -216,12 +217,12 @@ fn interrupt_run(signal: &str, expected_code: i32) {
 }
 
 #[test]
-fn sigint_saves_after_a_completed_step_and_exits_130() {
+fn sigint_checkpoints_after_a_completed_step_and_exits_130() {
     interrupt_run("-INT", 130);
 }
 
 #[test]
-fn sigterm_saves_after_a_completed_step_and_exits_143() {
+fn sigterm_checkpoints_after_a_completed_step_and_exits_143() {
     interrupt_run("-TERM", 143);
 }
 

@@ -89,6 +89,18 @@ pub struct CommonArgs {
     /// `optimizer.lr`.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// `resume.path`: resume from this checkpoint file.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub resume: Option<PathBuf>,
+    /// `resume.auto: true`: resume from the newest valid checkpoint in the output directory, if any.
+    #[arg(long)]
+    pub auto_resume: bool,
+    /// `resume.on_mismatch`: `refuse` (default) or `fresh` (archive the old run and start over).
+    #[arg(long, value_name = "refuse|fresh")]
+    pub on_mismatch: Option<String>,
+    /// `checkpoint.keep_top_k`: keep the K best checkpoints (0 disables).
+    #[arg(long, value_name = "K")]
+    pub keep_top_k: Option<u64>,
     /// `debug.overfit_single_batch: true`.
     #[arg(long)]
     pub overfit_single_batch: bool,
@@ -142,6 +154,18 @@ impl CommonArgs {
         }
         if let Some(lr) = self.lr {
             put("optimizer.lr", Value::from(lr));
+        }
+        if let Some(p) = &self.resume {
+            put("resume.path", Value::from(p.display().to_string()));
+        }
+        if self.auto_resume {
+            put("resume.auto", Value::from(true));
+        }
+        if let Some(m) = &self.on_mismatch {
+            put("resume.on_mismatch", Value::from(m.clone()));
+        }
+        if let Some(k) = self.keep_top_k {
+            put("checkpoint.keep_top_k", Value::from(k));
         }
         if self.overfit_single_batch {
             put("debug.overfit_single_batch", Value::from(true));
@@ -256,9 +280,9 @@ pub fn main<S: Stage>() -> ExitCode {
 
 fn run<S: Stage>(config: &StageConfig<S>) -> Result<(StopReason, LoopState), String> {
     let dir = &config.output_dir;
-    if dir.join(JSONL).exists() {
+    if dir.join(JSONL).exists() && config.resume.path.is_none() && !config.resume.auto {
         return Err(format!(
-            "{} already holds a run ({} exists); choose a new --output-dir so its telemetry and checkpoints are kept",
+            "{} already holds a run ({} exists); pass --auto-resume to continue it, or choose a new --output-dir",
             dir.display(),
             JSONL
         ));

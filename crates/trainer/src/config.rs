@@ -13,6 +13,8 @@ use figment::{Figment, Profile};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use checkpoints::RetentionConfig;
+
 use crate::backend::DeviceSpec;
 
 /// Prefix of environment variables that set configuration keys.
@@ -42,6 +44,10 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub logging: LoggingConfig,
     /// Debug modes (overfit a single batch).
     pub debug: DebugConfig,
+    /// What is saved and kept.
+    pub checkpoint: RetentionConfig,
+    /// Where to resume from.
+    pub resume: ResumeConfig,
     /// The stage's model section.
     pub model: M,
     /// The stage's data section.
@@ -61,6 +67,8 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             optimizer: OptimizerConfig::default(),
             logging: LoggingConfig::default(),
             debug: DebugConfig::default(),
+            checkpoint: RetentionConfig::default(),
+            resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
             loss: L::default(),
@@ -231,6 +239,29 @@ pub enum ProgressMode {
     Off,
 }
 
+/// `resume:` — continuing an earlier run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// Resume from this checkpoint file (`--resume PATH`).
+    pub path: Option<PathBuf>,
+    /// Resume from the newest valid checkpoint in the run directory, if any (`--auto-resume`).
+    pub auto: bool,
+    /// What to do when the checkpoint's seed, dataset, mode or config differ from this run's.
+    pub on_mismatch: OnMismatch,
+}
+
+/// Handling of a checkpoint that belongs to a different run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMismatch {
+    /// Stop with a message listing each difference.
+    #[default]
+    Refuse,
+    /// Move the old checkpoints and telemetry into `archived/` and start fresh.
+    Fresh,
+}
+
 /// `debug:` — modes for checking that a model can learn at all.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,6 +270,9 @@ pub struct DebugConfig {
     pub overfit_single_batch: bool,
     /// With `overfit_single_batch`: the run fails unless first loss / last loss reaches this factor.
     pub expected_loss_drop: Option<f64>,
+    /// Pause inside every checkpoint save, after the data is durable and before it becomes
+    /// visible (widens the window for crash tests; 0 in real runs).
+    pub save_delay_ms: u64,
 }
 
 /// One problem found in a configuration.
@@ -386,6 +420,21 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
             if !self.debug.overfit_single_batch {
                 p.push(problem("debug.expected_loss_drop", "only meaningful with debug.overfit_single_batch: true"));
             }
+        }
+        if self.resume.path.is_some() && self.resume.auto {
+            p.push(problem("resume.auto", "resume.path (--resume) and resume.auto (--auto-resume) are exclusive"));
+        }
+        if let Some(path) = &self.resume.path
+            && !path.is_file()
+        {
+            p.push(problem("resume.path", format!("checkpoint {} does not exist", path.display())));
+        }
+        let c = &self.checkpoint;
+        if c.every_n_steps == Some(0) {
+            p.push(problem("checkpoint.every_n_steps", "expected a positive step count or null"));
+        }
+        if c.export_best.as_deref().is_some_and(|s| s.is_empty() || s.contains(['/', '\\'])) {
+            p.push(problem("checkpoint.export_best", "expected a plain file stem such as `best`, or null"));
         }
         self.model.validate(p);
         self.data.validate(p);

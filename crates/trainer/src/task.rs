@@ -18,30 +18,7 @@ pub struct StepOutput<B: AutodiffBackend> {
     pub metrics: Metrics,
 }
 
-/// Whether a larger or a smaller metric is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Smaller is better (losses, errors).
-    Min,
-    /// Larger is better (accuracies, agreements).
-    Max,
-}
-
-impl Mode {
-    /// Whether `candidate` is strictly better than `incumbent`. NaN is never better, and
-    /// anything finite beats NaN.
-    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
-        match (candidate.is_nan(), incumbent.is_nan()) {
-            (true, _) => false,
-            (false, true) => true,
-            _ => match self {
-                Mode::Min => candidate < incumbent,
-                Mode::Max => candidate > incumbent,
-            },
-        }
-    }
-}
+pub use checkpoints::Mode;
 
 /// The validation metric that selects the best model, with its direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,21 +56,13 @@ pub trait Task<B: AutodiffBackend> {
 
     /// Which validation metric selects the best model.
     fn selection(&self) -> Selection;
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Identifies the training data (e.g. a hash of its manifest); a checkpoint of other data
+    /// is refused on resume.
+    fn dataset_id(&self) -> String;
 
-    #[test]
-    fn nan_ranks_worst_in_both_modes() {
-        for mode in [Mode::Min, Mode::Max] {
-            assert!(mode.is_better(1.0, f64::NAN));
-            assert!(!mode.is_better(f64::NAN, 1.0));
-            assert!(!mode.is_better(f64::NAN, f64::NAN));
-        }
-        assert!(Mode::Min.is_better(0.5, 1.0));
-        assert!(Mode::Max.is_better(1.0, 0.5));
-        assert!(!Mode::Min.is_better(1.0, 1.0), "ties are not improvements");
+    /// The training mode (`train`, `distill`, ...); a checkpoint of another mode is refused on resume.
+    fn mode(&self) -> String {
+        "train".into()
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{LoggingConfig, ProgressMode};
@@ -63,15 +64,35 @@ pub struct Telemetry {
     progress: Progress,
     start: Instant,
     losses_since_val: (f64, u64),
+    last_validation: Option<(u64, Metrics)>,
 }
 
 fn io_context(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Telemetry state a resumed run continues from (saved in checkpoints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryCounters {
+    /// Sum of step losses since the last validation (for `metrics.csv`'s `train_loss`).
+    pub loss_sum: f64,
+    /// Number of steps in that sum.
+    pub loss_count: u64,
+    /// Step of the last checkpoint.
+    pub last_checkpoint: u64,
+}
+
 impl Telemetry {
-    /// Opens the sinks in `run_dir` for a run of `total_steps` optimizer steps.
-    pub fn create(run_dir: &Path, logging: &LoggingConfig, total_steps: u64) -> io::Result<Self> {
+    /// Opens the sinks in `run_dir` for a run of `total_steps` optimizer steps. With
+    /// `resumed_at`, the run continues a checkpoint of that step: `training.jsonl` is appended
+    /// to, `metrics.csv` keeps its columns and loses rows written after that step (they will
+    /// be recomputed), and the counters continue.
+    pub fn create(
+        run_dir: &Path,
+        logging: &LoggingConfig,
+        total_steps: u64,
+        resumed_at: Option<(u64, TelemetryCounters)>,
+    ) -> io::Result<Self> {
         let jsonl_path = run_dir.join(JSONL);
         let jsonl =
             OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(|e| io_context(e, &jsonl_path))?;
@@ -81,15 +102,40 @@ impl Telemetry {
         } else {
             None
         };
+        let csv_path = run_dir.join(CSV);
+        let mut progress = Progress::new(logging, total_steps);
+        let mut losses_since_val = (0.0, 0);
+        let mut csv = None;
+        if let Some((step, counters)) = resumed_at {
+            losses_since_val = (counters.loss_sum, counters.loss_count);
+            progress.last_checkpoint = counters.last_checkpoint;
+            progress.skip_to(step);
+            csv = continue_csv(&csv_path, step).map_err(|e| io_context(e, &csv_path))?;
+        }
         Ok(Self {
             jsonl: BufWriter::new(jsonl),
-            csv: None,
-            csv_path: run_dir.join(CSV),
+            csv,
+            csv_path,
             tb,
-            progress: Progress::new(logging, total_steps),
+            progress,
             start: Instant::now(),
-            losses_since_val: (0.0, 0),
+            losses_since_val,
+            last_validation: None,
         })
+    }
+
+    /// The metrics of the validation at `step`, if one ran there.
+    pub fn last_validation(&self, step: u64) -> Option<&Metrics> {
+        self.last_validation.as_ref().filter(|(s, _)| *s == step).map(|(_, m)| m)
+    }
+
+    /// Counters to save in a checkpoint.
+    pub fn counters(&self) -> TelemetryCounters {
+        TelemetryCounters {
+            loss_sum: self.losses_since_val.0,
+            loss_count: self.losses_since_val.1,
+            last_checkpoint: self.progress.last_checkpoint,
+        }
     }
 
     /// Seconds since the sinks were opened.
@@ -144,6 +190,7 @@ impl Telemetry {
 
     /// Reports one validation: jsonl event, a `metrics.csv` row and TensorBoard scalars.
     pub fn validation(&mut self, step: u64, epoch: u64, lr: f64, metrics: &Metrics, is_best: bool) -> io::Result<()> {
+        self.last_validation = Some((step, metrics.clone()));
         let (sum, n) = std::mem::take(&mut self.losses_since_val);
         let train_loss = if n > 0 { sum / n as f64 } else { f64::NAN };
         self.event(
@@ -190,10 +237,16 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Notes that a checkpoint was written at `step` (resets "steps since checkpoint").
-    pub fn checkpoint(&mut self, step: u64, path: &Path, reason: &str) -> io::Result<()> {
+    /// Reports a save at `step`: the names written and the old ones retention removed.
+    pub fn checkpoint(
+        &mut self,
+        step: u64,
+        reasons: &[&str],
+        written: &[PathBuf],
+        removed: &[PathBuf],
+    ) -> io::Result<()> {
         self.progress.last_checkpoint = step;
-        self.event("checkpoint", json!({"step": step, "path": path, "reason": reason}))
+        self.event("checkpoint", json!({"step": step, "reasons": reasons, "written": written, "removed": removed}))
     }
 
     /// Flushes every sink and clears the progress display.
@@ -204,6 +257,34 @@ impl Telemetry {
         }
         self.jsonl.flush()
     }
+}
+
+/// Reopens `metrics.csv` of a resumed run: keeps its header and the rows up to `step`.
+fn continue_csv(path: &Path, step: u64) -> io::Result<Option<(csv::Writer<File>, Vec<String>)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut reader = csv::Reader::from_path(path)?;
+    let header: Vec<String> = reader.headers()?.iter().map(String::from).collect();
+    let mut rows = Vec::new();
+    for row in reader.records() {
+        let row = row?;
+        if row.get(0).and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= step) {
+            rows.push(row);
+        }
+    }
+    let tmp = path.with_extension("csv.tmp");
+    let mut w = csv::Writer::from_path(&tmp)?;
+    w.write_record(&header)?;
+    for row in &rows {
+        w.write_record(row)?;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, path)?;
+    let file = OpenOptions::new().append(true).open(path)?;
+    let columns = header.iter().skip(5).cloned().collect();
+    Ok(Some((csv::WriterBuilder::new().has_headers(false).from_writer(file), columns)))
 }
 
 /// Moving averages and the step/ETA/memory display.
@@ -332,6 +413,14 @@ impl Progress {
             _ => {}
         }
         None
+    }
+
+    /// Starts the display at `step` (a resumed run); the memory baseline is taken afresh.
+    fn skip_to(&mut self, step: u64) {
+        self.baseline_step += step;
+        if let Display::Bar(bar) = &self.display {
+            bar.set_position(step);
+        }
     }
 
     fn message(&self, msg: &str) {

@@ -144,12 +144,18 @@ impl ToyData {
 pub struct ToyTask {
     model: ToyModelConfig,
     data: ToyData,
+    dataset_id: String,
 }
 
 impl ToyTask {
     /// Builds the task and its data from a toy config.
     pub fn new(config: &ToyConfig) -> Self {
-        Self { model: config.model.clone(), data: ToyData::generate(&config.data) }
+        let spec = serde_json::to_string(&config.data).expect("data config serialises");
+        Self {
+            model: config.model.clone(),
+            data: ToyData::generate(&config.data),
+            dataset_id: format!("toy-{:08x}", crc32c::crc32c(spec.as_bytes())),
+        }
     }
 }
 
@@ -206,5 +212,9 @@ impl<B: AutodiffBackend> Task<B> for ToyTask {
 
     fn selection(&self) -> Selection {
         Selection { metric: "val_loss".into(), mode: Mode::Min }
+    }
+
+    fn dataset_id(&self) -> String {
+        self.dataset_id.clone()
     }
 }

@@ -1,27 +1,38 @@
 //! The training loop: data order, micro-batches, averaged accumulation, clipping, the
-//! schedule, validation cadence, budgets, stop requests, and Ctrl-C handling.
+//! schedule, validation cadence, budgets, stop requests, checkpoints and exact resume, and
+//! Ctrl-C handling.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
+use checkpoints::format::RawTensor;
+use checkpoints::store::{metric_map, newest_valid};
+use checkpoints::{
+    CheckpointError, CheckpointFile, CheckpointStore, Kind, Meta, Metric, RetentionConfig, RunIdentity, SCHEMA_VERSION,
+    Trigger,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{DebugConfig, LoggingConfig, NoSection, OptimizerConfig, RunConfig, TrainingConfig};
+use crate::config::{
+    DebugConfig, LoggingConfig, NoSection, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig,
+};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
-use crate::task::{Metrics, Task};
-use crate::telemetry::{StepRecord, Telemetry};
+use crate::task::{Metrics, Selection, Task};
+use crate::telemetry::{self, StepRecord, Telemetry, TelemetryCounters};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +40,9 @@ pub enum TrainError {
     /// A telemetry or run-directory file could not be written.
     #[error("writing run output: {0}")]
     Io(#[from] io::Error),
+    /// A checkpoint could not be written, read or used.
+    #[error("{0}")]
+    Checkpoint(#[from] CheckpointError),
     /// The task has no training samples.
     #[error("the training set is empty: nothing to train on (check the data section of the config)")]
     EmptyDataset,
@@ -54,13 +68,16 @@ pub enum TrainError {
         /// The names that were returned.
         available: String,
     },
-    /// The save hook failed.
-    #[error("saving at step {step} failed: {message}")]
-    Save {
-        /// Step at which the save was attempted.
-        step: u64,
-        /// What went wrong.
-        message: String,
+    /// `checkpoint.monitor` names a metric whose direction is unknown.
+    #[error(
+        "checkpoint.monitor is `{metric}`, which is not the stage's selection metric `{selection}`: \
+         set checkpoint.mode to min or max for it"
+    )]
+    MonitorNeedsMode {
+        /// The monitored metric.
+        metric: String,
+        /// The stage's own selection metric.
+        selection: String,
     },
     /// The overfit-single-batch check did not reach its expected loss drop.
     #[error(
@@ -82,9 +99,9 @@ pub enum TrainError {
 }
 
 /// The sections of a run config the loop reads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoopConfig<'a> {
-    /// Seed for initialisation and data order.
+    /// Seed for initialisation, data order and per-step backend randomness.
     pub seed: u64,
     /// Budgets, batch shape, clipping, cadence.
     pub training: &'a TrainingConfig,
@@ -94,11 +111,17 @@ pub struct LoopConfig<'a> {
     pub logging: &'a LoggingConfig,
     /// Debug modes.
     pub debug: &'a DebugConfig,
-    /// Where telemetry and saves go.
+    /// What is saved and kept.
+    pub checkpoint: &'a RetentionConfig,
+    /// Where to resume from.
+    pub resume: &'a ResumeConfig,
+    /// Where telemetry and checkpoints go.
     pub run_dir: &'a Path,
+    /// Hash of the config sections a checkpoint must agree on (model and loss).
+    pub config_hash: String,
 }
 
-impl<M, D, L> RunConfig<M, D, L> {
+impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
     /// The view of this config the training loop needs.
     pub fn loop_config(&self) -> LoopConfig<'_> {
         LoopConfig {
@@ -107,13 +130,24 @@ impl<M, D, L> RunConfig<M, D, L> {
             optimizer: &self.optimizer,
             logging: &self.logging,
             debug: &self.debug,
+            checkpoint: &self.checkpoint,
+            resume: &self.resume,
             run_dir: &self.output_dir,
+            config_hash: self.config_hash(),
         }
+    }
+
+    /// CRC-32C of the `model` and `loss` sections: what makes a checkpoint's weights mean
+    /// something else. Budgets, optimizer settings and logging may change between resumes.
+    pub fn config_hash(&self) -> String {
+        let both =
+            json!({"model": serde_json::to_value(&self.model).ok(), "loss": serde_json::to_value(&self.loss).ok()});
+        format!("{:08x}", crc32c::crc32c(both.to_string().as_bytes()))
     }
 }
 
-/// Where the loop stands; handed to save hooks.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where the loop stands. Saved in every checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LoopState {
     /// Optimizer steps completed.
     pub step: u64,
@@ -125,42 +159,22 @@ pub struct LoopState {
     pub best: Option<(u64, f64)>,
 }
 
-/// Called after a completed optimizer step when the run must stop and keep its work.
-pub trait SaveHook<M> {
-    /// Saves what is needed to keep the work; returns the path written.
-    fn save(&mut self, model: &M, state: &LoopState, reason: &str) -> Result<PathBuf, String>;
-}
-
-/// Saves the model weights (burn named MessagePack) to `<run_dir>/checkpoints/<reason>_step_<N>.mpk`.
-pub struct SaveWeights<B> {
-    dir: PathBuf,
-    _backend: std::marker::PhantomData<B>,
-}
-
-impl<B> SaveWeights<B> {
-    /// Saves under `run_dir/checkpoints`.
-    pub fn new(run_dir: &Path) -> Self {
-        Self { dir: run_dir.join("checkpoints"), _backend: std::marker::PhantomData }
-    }
-}
-
-impl<B: AutodiffBackend, M: AutodiffModule<B>> SaveHook<M> for SaveWeights<B> {
-    fn save(&mut self, model: &M, state: &LoopState, reason: &str) -> Result<PathBuf, String> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let stem = self.dir.join(format!("{reason}_step_{}", state.step));
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        model.clone().save_file(&stem, &recorder).map_err(|e| format!("{}: {e}", stem.display()))?;
-        Ok(stem.with_extension("mpk"))
-    }
-}
-
 /// A rule that may ask the run to stop after a validation (early stopping and friends).
-/// Requests before `training.min_steps` are logged and ignored.
+/// Requests before `training.min_steps` are logged and ignored. Its state goes into every
+/// checkpoint, so a resumed run continues it.
 pub trait StopPolicy {
-    /// Short name used in telemetry.
+    /// Short name used in telemetry and as the key of its saved state.
     fn name(&self) -> &str;
     /// Looks at a validation's metrics; returns a reason to stop, or `None` to go on.
     fn after_validation(&mut self, step: u64, metrics: &Metrics) -> Option<String>;
+    /// The policy's state, saved in checkpoints.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores the state saved by [`StopPolicy::state`].
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why a run ended.
@@ -175,7 +189,7 @@ pub enum StopReason {
         /// Its reason.
         reason: String,
     },
-    /// SIGINT / SIGTERM; the save hook ran after the last completed optimizer step.
+    /// SIGINT / SIGTERM; a resumable checkpoint was written after the last completed step.
     Interrupted(Signal),
 }
 
@@ -187,10 +201,34 @@ pub struct RunSummary<M> {
     pub state: LoopState,
     /// Why.
     pub reason: StopReason,
-    /// Loss of the first optimizer step.
+    /// Loss of the first optimizer step of the whole run (resumes included).
     pub first_loss: f64,
     /// Loss of the last optimizer step.
     pub last_loss: f64,
+    /// The checkpoint this run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// Everything besides weights and optimizer moments that a resumed run needs (the
+/// `trainer` blob of a checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedState {
+    step: u64,
+    epoch: u64,
+    position: usize,
+    best: Option<(u64, Metric)>,
+    first_loss: Metric,
+    last_loss: Metric,
+    validated_at: Option<u64>,
+    telemetry: TelemetryCounters,
+    policies: BTreeMap<String, serde_json::Value>,
+    /// How randomness is reproduced: data order is a function of (seed, epoch) and the
+    /// backend is reseeded from (seed, step) before every optimizer step.
+    rng: serde_json::Value,
+    /// The schedule is a pure function of the step; recorded for inspection.
+    schedule: serde_json::Value,
+    /// No loss scaling in f32 runs.
+    loss_scaler: Option<serde_json::Value>,
 }
 
 /// Model initialisation seeds a process-global backend RNG; runs in one process (tests)
@@ -207,6 +245,15 @@ pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     order
 }
 
+/// Seed of the backend RNG for optimizer step `step` (SplitMix64 of seed and step), so
+/// random ops inside a step (dropout, noise) replay exactly after a resume.
+pub fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Builds the task's model with the backend seeded by `seed`: the same seed always gives the
 /// same initial weights, also when several runs share a process.
 pub fn init_model<B: AutodiffBackend, T: Task<B>>(task: &T, seed: u64, device: &B::Device) -> T::Model {
@@ -215,21 +262,73 @@ pub fn init_model<B: AutodiffBackend, T: Task<B>>(task: &T, seed: u64, device: &
     task.build_model(device)
 }
 
+/// Weights of `model` as a weights-only checkpoint file.
+fn weights_file<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, meta: Meta) -> (CheckpointFile, Vec<RawTensor>) {
+    let (tensors, ids) = checkpoints::module::weights_of::<B, M>(model);
+    let extra = BTreeMap::from([(PARAM_IDS.to_string(), serde_json::to_string(&ids).expect("ids serialise"))]);
+    (CheckpointFile { meta, tensors: tensors.clone(), blobs: BTreeMap::new(), extra }, tensors)
+}
+
+const PARAM_IDS: &str = "trainyard.param_ids";
+const OPTIMIZER_BLOB: &str = "optimizer";
+const STATE_BLOB: &str = "trainer";
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Moves the telemetry of an earlier run in `run_dir` (and, with `checkpoints`, its
+/// checkpoints) into `run_dir/archived/<label>/`. Nothing is deleted.
+fn archive_previous_run(run_dir: &Path, checkpoints: bool) -> Result<Option<PathBuf>, TrainError> {
+    let names = [telemetry::JSONL, telemetry::CSV, telemetry::TENSORBOARD_DIR];
+    let ckpt_dir = run_dir.join("checkpoints");
+    let has_telemetry = names.iter().any(|n| run_dir.join(n).exists());
+    let has_checkpoints = checkpoints && ckpt_dir.is_dir();
+    if !has_telemetry && !has_checkpoints {
+        return Ok(None);
+    }
+    let label = format!("run_{}", now_unix() as u64);
+    let target = run_dir.join("archived").join(&label);
+    std::fs::create_dir_all(&target).map_err(|e| CheckpointError::io(&target, e))?;
+    for n in names {
+        let from = run_dir.join(n);
+        if from.exists() {
+            std::fs::rename(&from, target.join(n)).map_err(|e| CheckpointError::io(&from, e))?;
+        }
+    }
+    if has_checkpoints {
+        CheckpointStore::archive_all(&ckpt_dir, &label)?;
+    }
+    Ok(Some(target))
+}
+
+/// The metric that selects the best model: the task's, unless `checkpoint.monitor` names
+/// another (then `checkpoint.mode` must say its direction — guessing "min" for an accuracy
+/// silently keeps the worst checkpoints).
+fn selection(task: Selection, checkpoint: &RetentionConfig) -> Result<Selection, TrainError> {
+    match (&checkpoint.monitor, checkpoint.mode) {
+        (None, None) => Ok(task),
+        (None, Some(mode)) => Ok(Selection { mode, ..task }),
+        (Some(metric), Some(mode)) => Ok(Selection { metric: metric.clone(), mode }),
+        (Some(metric), None) if *metric == task.metric => Ok(task),
+        (Some(metric), None) => Err(TrainError::MonitorNeedsMode { metric: metric.clone(), selection: task.metric }),
+    }
+}
+
 /// Runs a task under a loop configuration.
-pub struct Trainer<'a, M> {
+pub struct Trainer<'a> {
     config: LoopConfig<'a>,
     interrupts: Interrupts,
     policies: Vec<Box<dyn StopPolicy + 'a>>,
-    save: Option<Box<dyn SaveHook<M> + 'a>>,
 }
 
-impl<'a, M> Trainer<'a, M> {
-    /// A trainer with no signal handling, no stop policies and no save hook.
+impl<'a> Trainer<'a> {
+    /// A trainer with no signal handling and no stop policies.
     pub fn new(config: LoopConfig<'a>) -> Self {
-        Self { config, interrupts: Interrupts::none(), policies: Vec::new(), save: None }
+        Self { config, interrupts: Interrupts::none(), policies: Vec::new() }
     }
 
-    /// Stops cleanly when `interrupts` fires.
+    /// Stops cleanly (after a checkpoint) when `interrupts` fires.
     pub fn interrupts(mut self, interrupts: Interrupts) -> Self {
         self.interrupts = interrupts;
         self
@@ -241,20 +340,56 @@ impl<'a, M> Trainer<'a, M> {
         self
     }
 
-    /// Sets the hook that keeps the work when the run is interrupted.
-    pub fn save_hook(mut self, hook: impl SaveHook<M> + 'a) -> Self {
-        self.save = Some(Box::new(hook));
-        self
+    /// Finds the checkpoint to resume from, per `resume.path` / `resume.auto`, after checking
+    /// that it belongs to this run.
+    fn resume_source(&self, identity: &RunIdentity) -> Result<Option<(PathBuf, CheckpointFile)>, TrainError> {
+        let cfg = &self.config;
+        let ckpt_dir = cfg.run_dir.join("checkpoints");
+        let found = if let Some(path) = &cfg.resume.path {
+            Some((path.clone(), CheckpointFile::read(path)?))
+        } else if cfg.resume.auto {
+            let found = newest_valid(&ckpt_dir, |e| tracing::warn!("skipping checkpoint: {e}"));
+            if found.is_none() {
+                tracing::info!("auto-resume: no valid checkpoint in {}, starting fresh", ckpt_dir.display());
+            }
+            found
+        } else {
+            None
+        };
+        let Some((path, file)) = found else { return Ok(None) };
+        if file.meta.kind != Kind::Resume {
+            return Err(CheckpointError::Incompatible {
+                path,
+                reason: "a weights-only export cannot resume training (it has no optimizer or loop state)".into(),
+            }
+            .into());
+        }
+        let differences = file.meta.identity.differences(identity);
+        if differences.is_empty() {
+            return Ok(Some((path, file)));
+        }
+        match cfg.resume.on_mismatch {
+            OnMismatch::Refuse => Err(CheckpointError::Mismatch { path, differences }.into()),
+            OnMismatch::Fresh => {
+                let archived = archive_previous_run(cfg.run_dir, true)?;
+                tracing::warn!(
+                    "{} belongs to a different run ({}); archived the previous run to {} and starting fresh",
+                    path.display(),
+                    differences.join("; "),
+                    archived.map(|p| p.display().to_string()).unwrap_or_default()
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Trains `task` on `device` until the budget, a stop request or a signal.
-    pub fn run<B, T>(mut self, task: &T, device: &B::Device) -> Result<RunSummary<M>, TrainError>
+    pub fn run<B, T>(mut self, task: &T, device: &B::Device) -> Result<RunSummary<T::Model>, TrainError>
     where
         B: AutodiffBackend,
-        T: Task<B, Model = M>,
-        M: AutodiffModule<B>,
+        T: Task<B>,
     {
-        let cfg = self.config;
+        let cfg = self.config.clone();
         let t = cfg.training;
         let n = task.train_len();
         if n == 0 {
@@ -264,14 +399,31 @@ impl<'a, M> Trainer<'a, M> {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cfg.run_dir.display())))?;
 
         let overfit = cfg.debug.overfit_single_batch;
-        let batches_per_epoch = if overfit { 1 } else { n.div_ceil(t.batch_size) };
-        let steps_per_epoch = batches_per_epoch.div_ceil(t.gradient_accumulation_steps) as u64;
+        let accum = t.gradient_accumulation_steps;
+        // In overfit mode an epoch is one window of the same first batch.
+        let batches_per_epoch = if overfit { accum } else { n.div_ceil(t.batch_size) };
+        let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
         let total_steps = match (t.max_steps, t.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) => e * steps_per_epoch,
             (None, None) => unreachable!("validated: one budget is set"),
         };
         let schedule = LrSchedule::new(cfg.optimizer.lr, cfg.optimizer.scheduler.clone(), total_steps);
+        let selection = selection(task.selection(), cfg.checkpoint)?;
+        let identity = RunIdentity {
+            seed: cfg.seed,
+            dataset_id: task.dataset_id(),
+            mode: task.mode(),
+            config_hash: cfg.config_hash.clone(),
+        };
+
+        let source = self.resume_source(&identity)?;
+        if source.is_none() {
+            // A fresh start never mixes with an earlier run's telemetry: set it aside.
+            if let Some(archived) = archive_previous_run(cfg.run_dir, false)? {
+                tracing::warn!("moved the telemetry of an earlier run without checkpoints to {}", archived.display());
+            }
+        }
 
         let mut model = init_model::<B, T>(task, cfg.seed, device);
         let o = cfg.optimizer;
@@ -280,54 +432,119 @@ impl<'a, M> Trainer<'a, M> {
             .with_beta_2(o.betas[1] as f32)
             .with_epsilon(o.eps as f32)
             .with_weight_decay(o.weight_decay as f32)
-            .init::<B, M>();
+            .init::<B, T::Model>();
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
 
-        let mut tel = Telemetry::create(cfg.run_dir, cfg.logging, total_steps)?;
-        let selection = task.selection();
-        tel.event(
-            "run_start",
-            json!({
-                "seed": cfg.seed, "train_samples": n, "batch_size": t.batch_size,
-                "gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                "parameters": model.num_params(), "precision": "f32",
-                "selection": selection, "overfit_single_batch": overfit,
-            }),
-        )?;
-        tracing::info!(
-            "training {} parameters for {total_steps} optimizer steps ({steps_per_epoch} per epoch, \
-             batch {} x {} accumulation), precision f32",
-            model.num_params(),
-            t.batch_size,
-            t.gradient_accumulation_steps
-        );
-
-        let mut state = LoopState { step: 0, epoch: 0, position: 0, best: None };
+        let mut st = LoopState::default();
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
         let mut validated_at = None;
-        let mut reason = StopReason::Budget;
+        let mut counters = None;
+        if let Some((path, file)) = &source {
+            let bad = |reason: String| CheckpointError::Incompatible { path: path.clone(), reason };
+            let ids: BTreeMap<String, String> = file
+                .extra
+                .get(PARAM_IDS)
+                .map(|s| serde_json::from_str(s))
+                .transpose()
+                .map_err(|e| bad(format!("bad parameter ids: {e}")))?
+                .ok_or_else(|| bad("no parameter ids".into()))?;
+            model = checkpoints::module::load_weights(model, &file.tensors, Some(&ids), path)?;
+            let blob =
+                |name: &str| file.blobs.get(name).ok_or_else(|| bad(format!("no {name} state in the checkpoint")));
+            let record = recorder
+                .load(blob(OPTIMIZER_BLOB)?.clone(), device)
+                .map_err(|e| bad(format!("optimizer state does not load: {e}")))?;
+            optim = optim.load_record(record);
+            let saved: SavedState =
+                serde_json::from_slice(blob(STATE_BLOB)?).map_err(|e| bad(format!("bad loop state: {e}")))?;
+            for policy in &mut self.policies {
+                if let Some(state) = saved.policies.get(policy.name()) {
+                    policy.restore(state).map_err(|e| bad(format!("policy {} state: {e}", policy.name())))?;
+                }
+            }
+            st = LoopState {
+                step: saved.step,
+                epoch: saved.epoch,
+                position: saved.position,
+                best: saved.best.map(|(s, v)| (s, v.0)),
+            };
+            first_loss = saved.first_loss.0;
+            last_loss = saved.last_loss.0;
+            validated_at = saved.validated_at;
+            counters = Some((saved.step, saved.telemetry));
+        }
 
-        'epochs: loop {
-            let order = if overfit { (0..n).collect() } else { epoch_order(cfg.seed, state.epoch, n) };
+        let mut store = CheckpointStore::open(
+            &cfg.run_dir.join("checkpoints"),
+            cfg.checkpoint.clone(),
+            &selection.metric,
+            selection.mode,
+            source.as_ref().map(|(p, _)| p.clone()),
+        )?
+        .with_save_delay(Duration::from_millis(cfg.debug.save_delay_ms));
+
+        let mut tel = Telemetry::create(cfg.run_dir, cfg.logging, total_steps, counters)?;
+        match &source {
+            None => tel.event(
+                "run_start",
+                json!({
+                    "seed": cfg.seed, "train_samples": n, "batch_size": t.batch_size,
+                    "gradient_accumulation_steps": accum, "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps, "parameters": model.num_params(), "precision": "f32",
+                    "selection": selection, "identity": identity,
+                    "overfit_single_batch": overfit,
+                }),
+            )?,
+            Some((path, file)) => {
+                tracing::info!(
+                    "resumed from {} at {}: model weights and ids, optimizer moments, step/epoch/position, \
+                     best, telemetry counters, {} policy state(s)",
+                    path.display(),
+                    file.meta,
+                    self.policies.len()
+                );
+                tel.event(
+                    "resume",
+                    json!({
+                        "path": path, "step": st.step, "epoch": st.epoch, "position": st.position,
+                        "best": st.best.map(|(s, v)| json!({"step": s, "value": v})),
+                        "restored": ["model", "parameter_ids", "optimizer", "schedule_step", "data_cursor",
+                                     "rng", "best", "telemetry_counters", "policies"],
+                        "total_steps": total_steps,
+                    }),
+                )?
+            }
+        }
+        tracing::info!(
+            "training {} parameters for {total_steps} optimizer steps ({steps_per_epoch} per epoch, \
+             batch {} x {accum} accumulation), precision f32",
+            model.num_params(),
+            t.batch_size,
+        );
+
+        let mut reason = StopReason::Budget;
+        let mut finished = st.step >= total_steps || t.epochs.is_some_and(|e| st.epoch >= e);
+        while !finished {
+            let order = if overfit { (0..n).collect() } else { epoch_order(cfg.seed, st.epoch, n) };
             let batches: Vec<&[usize]> =
-                if overfit { vec![&order[..t.batch_size.min(n)]] } else { order.chunks(t.batch_size).collect() };
-            for window in batches.chunks(t.gradient_accumulation_steps) {
+                if overfit { vec![&order[..t.batch_size.min(n)]; accum] } else { order.chunks(t.batch_size).collect() };
+            while st.position < batches.len() {
                 let started = Instant::now();
-                let window: Vec<&[usize]> =
-                    if overfit { vec![batches[0]; t.gradient_accumulation_steps] } else { window.to_vec() };
+                let window = &batches[st.position..(st.position + accum).min(batches.len())];
+                B::seed(device, step_seed(cfg.seed, st.step));
                 let window_samples: usize = window.iter().map(|b| b.len()).sum();
-                let mut accumulator = GradientsAccumulator::<M>::new();
+                let mut accumulator = GradientsAccumulator::<T::Model>::new();
                 let mut loss_sum = 0.0;
                 let mut metric_sums = Metrics::new();
-                for indices in &window {
+                for indices in window {
                     let batch = task.train_batch(indices, device);
                     let out = task.train_step(&model, &batch);
                     let weight = indices.len() as f64 / window_samples as f64;
                     let loss_value: f64 = out.loss.clone().into_scalar().elem();
                     if !loss_value.is_finite() {
                         return Err(TrainError::NonFiniteLoss {
-                            step: state.step + 1,
-                            epoch: state.epoch,
+                            step: st.step + 1,
+                            epoch: st.epoch,
                             value: loss_value,
                         });
                     }
@@ -339,28 +556,27 @@ impl<'a, M> Trainer<'a, M> {
                     // summed gradients the gradient of the mean over the whole window.
                     let grads = out.loss.mul_scalar(weight).backward();
                     accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-                    state.position += 1;
                 }
                 let mut gradients = accumulator.grads();
                 if let Some(bound) = t.gradient_clip_value {
-                    grads::clamp::<B, M>(&model, &mut gradients, bound);
+                    grads::clamp::<B, T::Model>(&model, &mut gradients, bound);
                 }
-                let grad_norm = grads::global_norm::<B, M>(&model, &mut gradients);
+                let grad_norm = grads::global_norm::<B, T::Model>(&model, &mut gradients);
                 if let Some(max_norm) = t.gradient_clip_norm {
-                    grads::clip_global_norm::<B, M>(&model, &mut gradients, grad_norm, max_norm);
+                    grads::clip_global_norm::<B, T::Model>(&model, &mut gradients, grad_norm, max_norm);
                 }
-                let lr = schedule.lr_at(state.step);
+                let lr = schedule.lr_at(st.step);
                 model = optim.step(lr, model, gradients);
-                state.step += 1;
+                st.step += 1;
+                st.position += window.len();
                 B::sync(device).ok();
-
-                if state.step == 1 {
+                if first_loss.is_nan() {
                     first_loss = loss_sum;
                 }
                 last_loss = loss_sum;
                 tel.train_step(&StepRecord {
-                    step: state.step,
-                    epoch: state.epoch,
+                    step: st.step,
+                    epoch: st.epoch,
                     loss: loss_sum,
                     lr,
                     grad_norm,
@@ -368,57 +584,100 @@ impl<'a, M> Trainer<'a, M> {
                     step_time: started.elapsed().as_secs_f64(),
                 })?;
 
-                if t.val_every.is_some_and(|every| state.step.is_multiple_of(every)) {
-                    if let Some(stop) = self.validate(task, &model, device, &mut tel, &mut state, lr, &selection)? {
-                        reason = stop;
-                        validated_at = Some(state.step);
-                        break 'epochs;
-                    }
-                    validated_at = Some(state.step);
+                // Everything that happens at this step boundary, in an order that makes the
+                // checkpoint below include it (validation and policy state first).
+                let mut triggers = Vec::new();
+                let mut stop = None;
+                let epoch_done = st.position >= batches.len();
+                let validate_now = t.val_every.map_or(epoch_done, |every| st.step.is_multiple_of(every));
+                let interrupted = self.interrupts.received();
+                let out_of_budget =
+                    st.step >= total_steps || (epoch_done && t.epochs.is_some_and(|e| st.epoch + 1 >= e));
+                // The final weights are always evaluated, so the best model is never stale.
+                if validate_now || (out_of_budget && interrupted.is_none()) {
+                    let (value, is_best, s) = self.validate(task, &model, device, &mut tel, &mut st, lr, &selection)?;
+                    validated_at = Some(st.step);
+                    triggers.push(Trigger::Validation { value, is_best });
+                    stop = s;
                 }
-                if let Some(signal) = self.interrupts.received() {
+                if epoch_done {
+                    triggers.push(Trigger::EpochEnd { epoch: st.epoch });
+                    st.epoch += 1;
+                    st.position = 0;
+                }
+                if store.is_step_interval(st.step) {
+                    triggers.push(Trigger::StepInterval);
+                }
+                if let Some(signal) = interrupted {
+                    tracing::warn!("{} received: stopping after optimizer step {}", signal.name(), st.step);
+                    tel.event("interrupted", json!({"signal": signal.name(), "step": st.step, "epoch": st.epoch}))?;
                     reason = StopReason::Interrupted(signal);
-                    break 'epochs;
+                    finished = true;
+                } else if let Some(s) = stop {
+                    reason = s;
+                    finished = true;
+                } else if out_of_budget {
+                    finished = true;
                 }
-                if state.step >= total_steps {
-                    break 'epochs;
+                if finished {
+                    triggers.push(Trigger::Final);
                 }
-            }
-            if t.val_every.is_none() {
-                let lr = schedule.lr_at(state.step.saturating_sub(1));
-                let stop = self.validate(task, &model, device, &mut tel, &mut state, lr, &selection)?;
-                validated_at = Some(state.step);
-                if let Some(stop) = stop {
-                    reason = stop;
-                    break 'epochs;
+                if !triggers.is_empty() && store.wants(&triggers) {
+                    let saved = SavedState {
+                        step: st.step,
+                        epoch: st.epoch,
+                        position: st.position,
+                        best: st.best.map(|(s, v)| (s, Metric(v))),
+                        first_loss: Metric(first_loss),
+                        last_loss: Metric(last_loss),
+                        validated_at,
+                        telemetry: TelemetryCounters { last_checkpoint: st.step, ..tel.counters() },
+                        policies: self.policies.iter().map(|p| (p.name().to_string(), p.state())).collect(),
+                        rng: json!({"scheme": "data order from (seed, epoch); backend reseeded from (seed, step)", "seed": cfg.seed}),
+                        schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
+                        loss_scaler: None,
+                    };
+                    let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
+                    let meta = |kind| Meta {
+                        schema_version: SCHEMA_VERSION,
+                        kind,
+                        step: st.step,
+                        epoch: st.epoch,
+                        metrics: metric_map(&metrics),
+                        identity: identity.clone(),
+                        created_unix: now_unix(),
+                    };
+                    let report = store.save(
+                        st.step,
+                        &triggers,
+                        || {
+                            let (mut file, _) = weights_file::<B, T::Model>(&model, meta(Kind::Resume));
+                            let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
+                            file.blobs.insert(OPTIMIZER_BLOB.into(), record);
+                            file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
+                            file
+                        },
+                        || weights_file::<B, T::Model>(&model, meta(Kind::Weights)).0,
+                    )?;
+                    let reasons: Vec<&str> = triggers
+                        .iter()
+                        .map(|t| match t {
+                            Trigger::Validation { .. } => "validation",
+                            Trigger::StepInterval => "step_interval",
+                            Trigger::EpochEnd { .. } => "epoch_end",
+                            Trigger::Final if interrupted.is_some() => "interrupted",
+                            Trigger::Final => "final",
+                        })
+                        .collect();
+                    tel.checkpoint(st.step, &reasons, &report.written, &report.removed)?;
                 }
-            }
-            state.epoch += 1;
-            state.position = 0;
-            if t.epochs.is_some_and(|e| state.epoch >= e) {
-                break;
+                if finished || epoch_done {
+                    // The next epoch needs its own order.
+                    break;
+                }
             }
         }
 
-        match reason {
-            StopReason::Interrupted(signal) => {
-                tracing::warn!("{} received: stopping after optimizer step {}", signal.name(), state.step);
-                tel.event("interrupted", json!({"signal": signal.name(), "step": state.step, "epoch": state.epoch}))?;
-                if let Some(hook) = self.save.as_mut() {
-                    let path = hook
-                        .save(&model, &state, "interrupted")
-                        .map_err(|message| TrainError::Save { step: state.step, message })?;
-                    tel.checkpoint(state.step, &path, "interrupted")?;
-                    tracing::info!("saved {}", path.display());
-                }
-            }
-            _ if validated_at != Some(state.step) => {
-                // The final weights are always evaluated, so the best model is never stale.
-                let lr = schedule.lr_at(state.step.saturating_sub(1));
-                self.validate(task, &model, device, &mut tel, &mut state, lr, &selection)?;
-            }
-            _ => {}
-        }
         let reason_text = match &reason {
             StopReason::Budget => "budget".to_string(),
             StopReason::Requested { policy, .. } => format!("requested by {policy}"),
@@ -426,9 +685,9 @@ impl<'a, M> Trainer<'a, M> {
         };
         tel.event(
             "run_end",
-            json!({"reason": reason_text, "step": state.step, "epoch": state.epoch,
+            json!({"reason": reason_text, "step": st.step, "epoch": st.epoch,
                    "first_loss": first_loss, "last_loss": last_loss,
-                   "best": state.best.map(|(s, v)| json!({"step": s, "value": v}))}),
+                   "best": st.best.map(|(s, v)| json!({"step": s, "value": v}))}),
         )?;
         tel.finish()?;
 
@@ -441,55 +700,56 @@ impl<'a, M> Trainer<'a, M> {
                     last: last_loss,
                     achieved,
                     expected,
-                    steps: state.step,
+                    steps: st.step,
                 });
             }
         }
-        Ok(RunSummary { model, state, reason, first_loss, last_loss })
+        Ok(RunSummary { model, state: st, reason, first_loss, last_loss, resumed_from: source.map(|(p, _)| p) })
     }
 
     /// Runs validation, reports it, updates the best, and consults the stop policies.
+    /// Returns the selection metric's value, whether it is the best so far, and any stop request.
     #[allow(clippy::too_many_arguments)]
     fn validate<B, T>(
         &mut self,
         task: &T,
-        model: &M,
+        model: &T::Model,
         device: &B::Device,
         tel: &mut Telemetry,
-        state: &mut LoopState,
+        st: &mut LoopState,
         lr: f64,
-        selection: &crate::task::Selection,
-    ) -> Result<Option<StopReason>, TrainError>
+        selection: &Selection,
+    ) -> Result<(f64, bool, Option<StopReason>), TrainError>
     where
         B: AutodiffBackend,
-        T: Task<B, Model = M>,
-        M: AutodiffModule<B>,
+        T: Task<B>,
     {
         let metrics = task.validate(&model.valid(), device);
         let value = *metrics.get(&selection.metric).ok_or_else(|| TrainError::MissingMetric {
             metric: selection.metric.clone(),
             available: metrics.keys().cloned().collect::<Vec<_>>().join(", "),
         })?;
-        let is_best = state.best.is_none_or(|(_, best)| selection.mode.is_better(value, best));
+        let is_best = st.best.is_none_or(|(_, best)| selection.mode.is_better(value, best));
         if is_best {
-            state.best = Some((state.step, value));
+            st.best = Some((st.step, value));
         }
-        tel.validation(state.step, state.epoch, lr, &metrics, is_best)?;
+        tel.validation(st.step, st.epoch, lr, &metrics, is_best)?;
+        let mut stop = None;
         for policy in &mut self.policies {
-            if let Some(why) = policy.after_validation(state.step, &metrics) {
-                if state.step < self.config.training.min_steps {
+            if let Some(why) = policy.after_validation(st.step, &metrics) {
+                if st.step < self.config.training.min_steps {
                     tel.event(
                         "stop_ignored",
-                        json!({"step": state.step, "policy": policy.name(), "reason": why,
+                        json!({"step": st.step, "policy": policy.name(), "reason": why,
                                "min_steps": self.config.training.min_steps}),
                     )?;
                     continue;
                 }
-                tel.event("stop_requested", json!({"step": state.step, "policy": policy.name(), "reason": why}))?;
-                return Ok(Some(StopReason::Requested { policy: policy.name().to_string(), reason: why }));
+                tel.event("stop_requested", json!({"step": st.step, "policy": policy.name(), "reason": why}))?;
+                stop.get_or_insert(StopReason::Requested { policy: policy.name().to_string(), reason: why });
             }
         }
-        Ok(None)
+        Ok((value, is_best, stop))
     }
 }
 
@@ -509,5 +769,12 @@ mod tests {
         assert_eq!(a, epoch_order(7, 0, 100), "same seed and epoch, same order");
         assert_ne!(a, epoch_order(7, 1, 100), "each epoch reshuffles");
         assert_ne!(a, epoch_order(8, 0, 100), "the seed drives the order");
+    }
+
+    #[test]
+    fn step_seeds_differ_per_step_and_seed() {
+        let seeds: std::collections::HashSet<u64> = (0..1000).map(|s| step_seed(42, s)).collect();
+        assert_eq!(seeds.len(), 1000);
+        assert_ne!(step_seed(1, 5), step_seed(2, 5));
     }
 }

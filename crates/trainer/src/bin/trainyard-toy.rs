@@ -10,7 +10,7 @@ use trainer::cli::{self, Stage};
 use trainer::config::NoSection;
 use trainer::interrupt::Interrupts;
 use trainer::toy::{ToyConfig, ToyDataConfig, ToyModelConfig, ToyTask};
-use trainer::train::{SaveWeights, Trainer};
+use trainer::train::Trainer;
 use trainer::{LoopState, StopReason, TrainError};
 
 /// Flags of the toy stage.
@@ -40,10 +40,7 @@ impl Stage for Toy {
         interrupts: Interrupts,
     ) -> Result<(StopReason, LoopState), TrainError> {
         let task = ToyTask::new(config);
-        let summary = Trainer::new(config.loop_config())
-            .interrupts(interrupts)
-            .save_hook(SaveWeights::<B>::new(&config.output_dir))
-            .run::<B, _>(&task, device)?;
+        let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
         Ok((summary.reason, summary.state))
     }
 }
