@@ -232,7 +232,9 @@ struct SavedState {
 }
 
 /// Model initialisation seeds a process-global backend RNG; runs in one process (tests)
-/// take turns so each gets exactly its seed's weights.
+/// take turns so each gets exactly its seed's weights. Random ops inside training steps of
+/// runs sharing a process still share that RNG: bit-exact replay of those needs one run per
+/// process, which is how the binaries run.
 static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// The order in which epoch `epoch` visits `n` samples: a permutation fixed by `(seed, epoch)`,
@@ -257,9 +259,19 @@ pub fn step_seed(seed: u64, step: u64) -> u64 {
 /// Builds the task's model with the backend seeded by `seed`: the same seed always gives the
 /// same initial weights, also when several runs share a process.
 pub fn init_model<B: AutodiffBackend, T: Task<B>>(task: &T, seed: u64, device: &B::Device) -> T::Model {
+    /// burn initialises parameters lazily, at first use; touching each one here draws every
+    /// initial value while the seeded RNG is ours.
+    struct Materialise;
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Materialise {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
     let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     B::seed(device, seed);
-    task.build_model(device)
+    let model = task.build_model(device);
+    model.visit(&mut Materialise);
+    model
 }
 
 /// Weights of `model` as a weights-only checkpoint file.
@@ -531,7 +543,12 @@ impl<'a> Trainer<'a> {
             while st.position < batches.len() {
                 let started = Instant::now();
                 let window = &batches[st.position..(st.position + accum).min(batches.len())];
-                B::seed(device, step_seed(cfg.seed, st.step));
+                {
+                    // Under the init lock: a reseed must not land inside another run's model
+                    // initialisation (the backend RNG is process-global).
+                    let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+                    B::seed(device, step_seed(cfg.seed, st.step));
+                }
                 let window_samples: usize = window.iter().map(|b| b.len()).sum();
                 let mut accumulator = GradientsAccumulator::<T::Model>::new();
                 let mut loss_sum = 0.0;

@@ -1,0 +1,210 @@
+//! A run that is stopped and resumed equals the uninterrupted run bit for bit on the CPU:
+//! per-step losses, final weights, and the state of stop policies.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde_json::Value;
+use trainer::backend::CpuBackend;
+use trainer::config::{LoggingConfig, ProgressMode, SchedulerName};
+use trainer::interrupt::{Interrupts, Signal};
+use trainer::toy::{Mlp, ToyBatch, ToyConfig, ToyTask};
+use trainer::{Metrics, Selection, StepOutput, StopPolicy, StopReason, Task, Trainer};
+
+type B = CpuBackend;
+
+/// 256 samples in batches of 24 → 11 micro-batches per epoch; 3 per optimizer step → steps
+/// of 3, 3, 3 and 2 micro-batches, 4 steps per epoch.
+fn config(dir: &Path, max_steps: u64) -> ToyConfig {
+    let mut c = ToyConfig { seed: 11, output_dir: dir.to_path_buf(), ..ToyConfig::default() };
+    c.training.max_steps = Some(max_steps);
+    c.training.batch_size = 24;
+    c.training.gradient_accumulation_steps = 3;
+    c.training.val_every = Some(3);
+    c.training.gradient_clip_norm = Some(0.5);
+    c.optimizer.lr = 0.02;
+    c.optimizer.scheduler.name = SchedulerName::Cosine;
+    c.optimizer.scheduler.warmup_steps = 4;
+    c.optimizer.scheduler.min_lr = 0.001;
+    c.logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
+    c
+}
+
+/// The toy task, raising an interrupt while it computes micro-batch number `at` (0-based,
+/// counted over the whole run segment), as a signal arriving mid-step would.
+struct InterruptAt {
+    inner: ToyTask,
+    at: Option<usize>,
+    seen: Cell<usize>,
+    interrupts: Interrupts,
+}
+
+impl Task<B> for InterruptAt {
+    type Model = Mlp<B>;
+    type Batch = ToyBatch<B>;
+    fn build_model(&self, device: &burn::backend::flex::FlexDevice) -> Mlp<B> {
+        <ToyTask as Task<B>>::build_model(&self.inner, device)
+    }
+    fn train_len(&self) -> usize {
+        <ToyTask as Task<B>>::train_len(&self.inner)
+    }
+    fn train_batch(&self, indices: &[usize], device: &burn::backend::flex::FlexDevice) -> ToyBatch<B> {
+        <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
+    }
+    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
+        if Some(self.seen.get()) == self.at {
+            self.interrupts.request(Signal::Interrupt);
+        }
+        self.seen.set(self.seen.get() + 1);
+        <ToyTask as Task<B>>::train_step(&self.inner, model, batch)
+    }
+    fn validate(
+        &self,
+        model: &Mlp<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>,
+        device: &burn::backend::flex::FlexDevice,
+    ) -> Metrics {
+        <ToyTask as Task<B>>::validate(&self.inner, model, device)
+    }
+    fn selection(&self) -> Selection {
+        <ToyTask as Task<B>>::selection(&self.inner)
+    }
+    fn dataset_id(&self) -> String {
+        <ToyTask as Task<B>>::dataset_id(&self.inner)
+    }
+}
+
+/// Counts validations and asks to stop at the `limit`-th: its count must survive resumes.
+struct StopAfterValidations {
+    seen: u64,
+    limit: u64,
+}
+
+impl StopPolicy for StopAfterValidations {
+    fn name(&self) -> &str {
+        "stop_after_validations"
+    }
+    fn after_validation(&mut self, _: u64, _: &Metrics) -> Option<String> {
+        self.seen += 1;
+        (self.seen >= self.limit).then(|| format!("{} validations", self.seen))
+    }
+    fn state(&self) -> Value {
+        serde_json::json!({"seen": self.seen})
+    }
+    fn restore(&mut self, state: &Value) -> Result<(), String> {
+        self.seen = state["seen"].as_u64().ok_or("no count")?;
+        Ok(())
+    }
+}
+
+fn weights<M: AutodiffModule<B>>(model: &M) -> Vec<u32> {
+    struct Collect(Vec<u32>);
+    impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+/// Per-step (step, loss bits, lr bits) as finally logged: a resumed run logs each step once.
+fn step_log(dir: &Path) -> Vec<(u64, u64, u64)> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(dir.join("training.jsonl")).unwrap().lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        if e["event"] == "train_step" {
+            by_step.insert(
+                e["step"].as_u64().unwrap(),
+                (e["loss"].as_f64().unwrap().to_bits(), e["lr"].as_f64().unwrap().to_bits()),
+            );
+        }
+    }
+    by_step.into_iter().map(|(s, (l, r))| (s, l, r)).collect()
+}
+
+struct Segment {
+    stopped_at: u64,
+    reason: StopReason,
+}
+
+fn run_segment(c: &ToyConfig, interrupt_at_micro: Option<usize>, policy_limit: u64) -> (Segment, Vec<u32>) {
+    let interrupts = Interrupts::none();
+    let task = InterruptAt {
+        inner: ToyTask::new(c),
+        at: interrupt_at_micro,
+        seen: Cell::new(0),
+        interrupts: interrupts.clone(),
+    };
+    let summary = Trainer::new(c.loop_config())
+        .interrupts(interrupts)
+        .policy(StopAfterValidations { seen: 0, limit: policy_limit })
+        .run::<B, _>(&task, &Default::default())
+        .unwrap();
+    (Segment { stopped_at: summary.state.step, reason: summary.reason }, weights(&summary.model))
+}
+
+/// Runs `total` steps straight, then again interrupted at micro-batch `at` and resumed; both
+/// must agree exactly. Returns the step the interruption landed on.
+fn compare(total: u64, at: usize) -> u64 {
+    let straight = tempfile::tempdir().unwrap();
+    let (s, w_straight) = run_segment(&config(straight.path(), total), None, u64::MAX);
+    assert_eq!((s.stopped_at, &s.reason), (total, &StopReason::Budget));
+
+    let split = tempfile::tempdir().unwrap();
+    let (first, _) = run_segment(&config(split.path(), total), Some(at), u64::MAX);
+    assert_eq!(first.reason, StopReason::Interrupted(Signal::Interrupt));
+    assert!(first.stopped_at < total);
+    let mut resumed = config(split.path(), total);
+    resumed.resume.auto = true;
+    let (second, w_resumed) = run_segment(&resumed, None, u64::MAX);
+    assert_eq!((second.stopped_at, &second.reason), (total, &StopReason::Budget));
+
+    assert_eq!(step_log(split.path()), step_log(straight.path()), "per-step loss and lr");
+    assert!(w_resumed == w_straight, "final weights differ after resuming at step {}", first.stopped_at);
+    first.stopped_at
+}
+
+#[test]
+fn resume_at_an_accumulation_boundary_is_bit_exact() {
+    // Micro-batch 8 is the last of step 3's window (0-2, 3-5, 6-8): the stop lands exactly on
+    // the boundary after step 3.
+    assert_eq!(compare(14, 8), 3);
+}
+
+#[test]
+fn a_stop_inside_an_accumulation_window_finishes_the_step_then_resumes_exactly() {
+    // Micro-batch 12 is the middle of step 5's window (11-13): the signal arrives mid-window, the loop
+    // completes step 5, saves, and the resumed run continues from there.
+    assert_eq!(compare(14, 12), 5);
+}
+
+#[test]
+fn resume_across_an_epoch_boundary_is_bit_exact() {
+    // Step 4 closes epoch 0 with its ragged 2-micro-batch window (micro-batches 9-10); the
+    // resumed run starts epoch 1 with a fresh shuffle. And step 7, just before epoch 1's end.
+    assert_eq!(compare(14, 10), 4);
+    assert_eq!(compare(14, 19), 7);
+}
+
+#[test]
+fn policy_state_survives_a_resume() {
+    // Validations every 3 steps: 3, 6, 9, 12 — the 4th (step 12) triggers the stop.
+    let straight = tempfile::tempdir().unwrap();
+    let (s, _) = run_segment(&config(straight.path(), 30), None, 4);
+    assert_eq!(s.stopped_at, 12);
+
+    // Interrupted after step 7 (2 validations seen), resumed: it must stop at step 12 too,
+    // not at step 21 as a policy that forgot its count would.
+    let split = tempfile::tempdir().unwrap();
+    let (first, _) = run_segment(&config(split.path(), 30), Some(19), 4);
+    assert_eq!(first.stopped_at, 7);
+    let mut resumed = config(split.path(), 30);
+    resumed.resume.auto = true;
+    let (second, _) = run_segment(&resumed, None, 4);
+    assert_eq!(second.stopped_at, 12);
+    assert!(matches!(second.reason, StopReason::Requested { .. }));
+}
