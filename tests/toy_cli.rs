@@ -237,3 +237,69 @@ fn the_overfit_check_fails_the_run_when_the_loss_does_not_drop_enough() {
     assert_eq!(code, 1);
     assert!(err.contains("overfit check failed"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_of_another_run_is_refused_then_archived_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let (code, _, err) = run(toy().args(["--max-steps", "4", "--seed", "1"]).arg("-o").arg(&a));
+    assert_eq!(code, 0, "{err}");
+    let latest = a.join("checkpoints/checkpoint_latest.safetensors");
+
+    // Another seed: refused, naming the file and each difference; nothing touched.
+    let before = std::fs::read(&latest).unwrap();
+    let (code, _, err) = run(toy().args(["--max-steps", "8", "--seed", "2", "--auto-resume"]).arg("-o").arg(&a));
+    assert_eq!(code, 1);
+    assert!(err.contains("checkpoint_latest.safetensors") && err.contains("different run"), "{err}");
+    assert!(err.contains("seed: checkpoint 1, this run 2"), "{err}");
+    assert_eq!(std::fs::read(&latest).unwrap(), before);
+
+    // A different model width changes the config hash.
+    let (code, _, err) =
+        run(toy().args(["--max-steps", "8", "--seed", "1", "--hidden", "7", "--auto-resume"]).arg("-o").arg(&a));
+    assert_eq!(code, 1);
+    assert!(err.contains("config (model/data/loss"), "{err}");
+
+    // --on-mismatch fresh: the old run is archived, not deleted, and a fresh run starts.
+    let (code, _, err) = run(toy()
+        .args(["--max-steps", "3", "--seed", "2", "--auto-resume", "--on-mismatch", "fresh"])
+        .arg("-o")
+        .arg(&a));
+    assert_eq!(code, 0, "{err}");
+    let archived: Vec<PathBuf> = std::fs::read_dir(a.join("archived")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(archived.len(), 1);
+    assert_eq!(std::fs::read(archived[0].join("checkpoints/checkpoint_latest.safetensors")).unwrap(), before);
+    assert!(archived[0].join("training.jsonl").is_file());
+    let starts = events(&a, "run_start");
+    assert_eq!(starts.len(), 1, "the new training.jsonl belongs to the fresh run");
+    assert_eq!(starts[0]["identity"]["seed"], 2);
+}
+
+#[test]
+fn auto_resume_extends_a_finished_run_and_falls_back_past_a_corrupt_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = ["--max-steps", "10", "--val-every", "5", "--batch-size", "8"];
+    let (code, _, err) = run(toy().args(args).arg("-o").arg(&out));
+    assert_eq!(code, 0, "{err}");
+
+    // Corrupt the newest checkpoint (break its hard links first: top_k shares the inode).
+    let latest = out.join("checkpoints/checkpoint_latest.safetensors");
+    let mut bytes = std::fs::read(&latest).unwrap();
+    std::fs::remove_file(&latest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&latest, &bytes).unwrap();
+
+    let (code, _, err) = run(toy()
+        .args(["--max-steps", "20", "--val-every", "5", "--batch-size", "8", "--auto-resume"])
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipping checkpoint") && err.contains("checkpoint_latest.safetensors"), "{err}");
+    let resume = &events(&out, "resume")[0];
+    assert_eq!(resume["step"], 10, "the step-10 top-K copy verifies and is used");
+    assert!(resume["path"].as_str().unwrap().contains("top_k"), "{resume}");
+    let steps: Vec<u64> = events(&out, "train_step").iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=20).collect::<Vec<_>>(), "steps 11-20 follow steps 1-10 once each");
+}

@@ -4,8 +4,7 @@
 //!
 //! Layout under `<run>/checkpoints/`:
 //! `checkpoint_latest.safetensors`, `checkpoint_step_<N>.safetensors`, `epoch_<N>.safetensors`,
-//! `top_k/best_<metric>_<value>_step_<N>.safetensors`, `<export_best>.safetensors` (weights only),
-//! `archived/` (checkpoints set aside by `--on-mismatch fresh`; never deleted).
+//! `top_k/best_<metric>_<value>_step_<N>.safetensors`, `<export_best>.safetensors` (weights only).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,8 +21,6 @@ pub const EXT: &str = "safetensors";
 pub const LATEST: &str = "checkpoint_latest";
 /// Subdirectory of the top-K checkpoints.
 pub const TOP_K_DIR: &str = "top_k";
-/// Subdirectory of set-aside checkpoints.
-pub const ARCHIVED_DIR: &str = "archived";
 
 /// Why a save happens. Several can coincide in one save.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,25 +283,9 @@ impl CheckpointStore {
         }
         Ok(report)
     }
-
-    /// Moves every checkpoint of the directory into `archived/<label>/` (never deletes).
-    pub fn archive_all(dir: &Path, label: &str) -> Result<PathBuf, CheckpointError> {
-        let target = dir.join(ARCHIVED_DIR).join(label);
-        fs::create_dir_all(&target).map_err(|e| CheckpointError::io(&target, e))?;
-        for entry in fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))? {
-            let entry = entry.map_err(|e| CheckpointError::io(dir, e))?;
-            let name = entry.file_name();
-            if name == ARCHIVED_DIR {
-                continue;
-            }
-            let to = target.join(&name);
-            fs::rename(entry.path(), &to).map_err(|e| CheckpointError::io(&entry.path(), e))?;
-        }
-        Ok(target)
-    }
 }
 
-/// Every resume bundle under `dir` (recursively, `archived/` excluded), newest step first;
+/// Every resume bundle under `dir` (recursively), newest step first;
 /// unreadable headers are returned as errors so the caller can name them.
 pub fn resume_candidates(dir: &Path) -> Vec<Result<(PathBuf, Meta), CheckpointError>> {
     let mut found = Vec::new();
@@ -314,9 +295,7 @@ pub fn resume_candidates(dir: &Path) -> Vec<Result<(PathBuf, Meta), CheckpointEr
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != ARCHIVED_DIR) {
-                    stack.push(path);
-                }
+                stack.push(path);
             } else if is_checkpoint_file(&path) {
                 found.push(read_meta(&path).map(|m| (path.clone(), m)));
             }

@@ -309,7 +309,8 @@ fn archive_previous_run(run_dir: &Path, checkpoints: bool) -> Result<Option<Path
         }
     }
     if has_checkpoints {
-        CheckpointStore::archive_all(&ckpt_dir, &label)?;
+        let to = target.join("checkpoints");
+        std::fs::rename(&ckpt_dir, &to).map_err(|e| CheckpointError::io(&ckpt_dir, e))?;
     }
     Ok(Some(target))
 }
