@@ -48,7 +48,7 @@ enum Cmd {
     },
     /// Build every binary with the wgpu and cuda features, in target/backends.
     CheckBackends,
-    /// Run the criterion benchmarks (optionally filtered by name).
+    /// Run the criterion benchmarks (training steps, checkpoint save/load), optionally filtered by name.
     Bench {
         /// Benchmark name filter passed to criterion.
         filter: Option<String>,
@@ -178,7 +178,7 @@ fn check_backends() -> Result<()> {
 
 fn bench(filter: Option<&str>) -> Result<()> {
     let mut b = cargo();
-    b.args(["bench", "--locked", "-p", "trainer", "--bench", "train_step"]);
+    b.args(["bench", "--locked", "-p", "trainer", "-p", "checkpoints"]);
     if let Some(f) = filter {
         b.args(["--", f]);
     }
