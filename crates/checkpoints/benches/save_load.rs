@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("checkpoint_load_100mb", |b| {
         b.iter(|| {
             let file = CheckpointFile::read(&ckpt).unwrap();
-            load_weights(model.clone(), &file.tensors, None, &ckpt).unwrap()
+            load_weights(model.clone(), file.tensors, None, &ckpt).unwrap()
         })
     });
     g.bench_function("plain_read_100mb", |b| b.iter(|| std::fs::read(&plain).unwrap()));

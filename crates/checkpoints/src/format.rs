@@ -7,13 +7,13 @@
 //!
 //! Any flipped byte, in header or data, fails the checksum; a truncated file fails to parse.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use burn::tensor::Bytes;
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 /// Version of the layout below; bumped on incompatible changes.
@@ -166,7 +166,8 @@ pub struct Meta {
     pub created_unix: f64,
 }
 
-/// One tensor's raw little-endian bytes.
+/// One tensor's raw little-endian bytes. `data` is burn's byte buffer, so weights move
+/// between a tensor and a file without an extra copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
     /// Name in the file.
@@ -176,7 +177,7 @@ pub struct RawTensor {
     /// Dimensions.
     pub shape: Vec<usize>,
     /// Little-endian element bytes.
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// The content of one checkpoint file.
@@ -202,118 +203,238 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Byte range of the checksum's hex digits inside `bytes`' header, if present.
-fn checksum_range(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
-    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
-    let header = bytes.get(8..8usize.checked_add(n)?)?;
-    let needle = format!("\"{CHECKSUM_KEY}\":\"");
-    let at = find(header, needle.as_bytes())? + 8 + needle.len();
-    Some(at..at + CHECKSUM_PLACEHOLDER.len())
+/// Largest header accepted (safetensors' own limit is 100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+fn dtype_name(dtype: Dtype) -> String {
+    serde_json::to_value(dtype)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{dtype:?}"))
 }
 
-fn crc_with_zeroed_field(bytes: &[u8], range: &std::ops::Range<usize>) -> u32 {
-    let crc = crc32c::crc32c(&bytes[..range.start]);
-    let crc = crc32c::crc32c_append(crc, CHECKSUM_PLACEHOLDER.as_bytes());
-    crc32c::crc32c_append(crc, &bytes[range.end..])
+/// Writes a safetensors file streaming: header (checksum zeroed), then every buffer as is,
+/// computing the CRC on the way, then the CRC patched into the header. Nothing is copied.
+fn write_streaming<W: Write + Seek>(
+    w: &mut W,
+    entries: &[(&str, Dtype, &[usize], &[u8])],
+    metadata: &BTreeMap<String, String>,
+) -> io::Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in entries {
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({"dtype": dtype_name(*dtype), "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    let mut meta = metadata.clone();
+    meta.insert(CHECKSUM_KEY.into(), CHECKSUM_PLACEHOLDER.into());
+    header.insert("__metadata__".into(), serde_json::to_value(&meta)?);
+    let mut json = serde_json::to_vec(&header)?;
+    // safetensors pads the header with spaces so the data starts 8-byte aligned.
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut head = Vec::with_capacity(8 + json.len());
+    head.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    head.extend_from_slice(&json);
+    let field = checksum_range(&head).expect("checksum field was just written");
+
+    let mut crc = crc32c::crc32c(&head);
+    w.write_all(&head)?;
+    for (_, _, _, data) in entries {
+        crc = crc32c::crc32c_append(crc, data);
+        w.write_all(data)?;
+    }
+    w.seek(SeekFrom::Start(field.start as u64))?;
+    w.write_all(format!("{crc:08x}").as_bytes())?;
+    w.seek(SeekFrom::End(0))?;
+    Ok(())
+}
+
+/// Byte range of the checksum's hex digits inside the first bytes of a file (length + header).
+fn checksum_range(head: &[u8]) -> Option<std::ops::Range<usize>> {
+    let needle = format!("\"{CHECKSUM_KEY}\":\"");
+    let at = find(head, needle.as_bytes())? + needle.len();
+    (head.len() >= at + CHECKSUM_PLACEHOLDER.len()).then(|| at..at + CHECKSUM_PLACEHOLDER.len())
+}
+
+/// A reader that counts the bytes it has delivered, for error messages.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 impl CheckpointFile {
-    /// Serialises to safetensors bytes with the checksum filled in.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut views: Vec<(String, TensorView<'_>)> = Vec::with_capacity(self.tensors.len() + self.blobs.len());
-        for t in &self.tensors {
-            views.push((
-                t.name.clone(),
-                TensorView::new(t.dtype, t.shape.clone(), &t.data).expect("shape matches data"),
-            ));
-        }
-        for (name, blob) in &self.blobs {
-            views.push((
-                format!("{BLOB_PREFIX}{name}"),
-                TensorView::new(Dtype::U8, vec![blob.len()], blob).expect("1-D u8 view"),
-            ));
-        }
-        let mut header: HashMap<String, String> = self.extra.clone().into_iter().collect();
-        header.insert(META_KEY.into(), serde_json::to_string(&self.meta).expect("meta serialises"));
-        header.insert(CHECKSUM_KEY.into(), CHECKSUM_PLACEHOLDER.into());
-        let mut bytes = safetensors::serialize(views, Some(header)).expect("valid tensor views serialise");
-        let range = checksum_range(&bytes).expect("checksum field was just written");
-        let crc = crc_with_zeroed_field(&bytes, &range);
-        bytes[range].copy_from_slice(format!("{crc:08x}").as_bytes());
-        bytes
+    fn metadata(&self) -> BTreeMap<String, String> {
+        let mut meta = self.extra.clone();
+        meta.insert(META_KEY.into(), serde_json::to_string(&self.meta).expect("meta serialises"));
+        meta
     }
 
-    /// Parses and verifies checkpoint bytes read from `path` (used in messages).
-    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
-        let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_path_buf(), reason };
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
-            if bytes.len() < 8 || !looks_like_safetensors(bytes) {
-                CheckpointError::NotACheckpoint {
-                    path: path.to_path_buf(),
-                    reason: format!("not a safetensors file: {e}"),
-                }
+    /// Writes the file to `w` (which must start empty).
+    pub fn write_to<W: Write + Seek>(&self, w: &mut W) -> io::Result<()> {
+        let blob_names: Vec<String> = self.blobs.keys().map(|k| format!("{BLOB_PREFIX}{k}")).collect();
+        let blob_shapes: Vec<[usize; 1]> = self.blobs.values().map(|b| [b.len()]).collect();
+        let mut entries: Vec<(&str, Dtype, &[usize], &[u8])> =
+            self.tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), &*t.data)).collect();
+        for ((name, blob), shape) in blob_names.iter().zip(self.blobs.values()).zip(&blob_shapes) {
+            entries.push((name, Dtype::U8, shape, blob));
+        }
+        write_streaming(w, &entries, &self.metadata())
+    }
+
+    /// Serialises to bytes (the same bytes [`CheckpointFile::write`] puts on disk).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut cursor = io::Cursor::new(Vec::new());
+        self.write_to(&mut cursor).expect("writing to memory cannot fail");
+        cursor.into_inner()
+    }
+
+    /// Reads and verifies a checkpoint from `r`; `path` names it in errors. Each tensor is read
+    /// straight into its own buffer, and the CRC is computed on the way.
+    pub fn read_from<R: Read>(r: R, path: &Path) -> Result<Self, CheckpointError> {
+        let p = || path.to_path_buf();
+        let not_ckpt = |reason: String| CheckpointError::NotACheckpoint { path: p(), reason };
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: p(), reason };
+        let mut r = Counting { inner: r, read: 0 };
+        let mut len = [0u8; 8];
+        r.read_exact(&mut len).map_err(|_| not_ckpt("shorter than a safetensors header".into()))?;
+        let n = u64::from_le_bytes(len);
+        if n == 0 || n > MAX_HEADER {
+            return Err(not_ckpt(format!("not a safetensors file (header length {n})")));
+        }
+        let mut head = len.to_vec();
+        head.resize(8 + n as usize, 0);
+        r.read_exact(&mut head[8..]).map_err(|e| corrupt(format!("header cut short after {} bytes: {e}", r.read)))?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&head[8..]).map_err(|e| {
+            if head[8] == b'{' {
+                corrupt(format!("header is not valid JSON: {e}"))
             } else {
-                corrupt(format!("unreadable safetensors header or truncated data: {e}"))
+                not_ckpt(format!("not a safetensors file: {e}"))
             }
         })?;
-        let map = header.metadata().clone().unwrap_or_default();
-        let meta_json = map.get(META_KEY).ok_or_else(|| CheckpointError::NotACheckpoint {
-            path: path.to_path_buf(),
-            reason: format!("a safetensors file without the {META_KEY} header entry"),
-        })?;
-        let stored = map.get(CHECKSUM_KEY).ok_or_else(|| corrupt("checksum entry missing".into()))?;
-        let range = checksum_range(bytes).ok_or_else(|| corrupt("checksum entry not found in header".into()))?;
-        let actual = format!("{:08x}", crc_with_zeroed_field(bytes, &range));
-        if *stored != actual {
+        let meta_map: BTreeMap<String, String> = header
+            .get("__metadata__")
+            .map(|m| serde_json::from_value(m.clone()))
+            .transpose()
+            .map_err(|e| corrupt(format!("bad __metadata__: {e}")))?
+            .unwrap_or_default();
+        let meta_json = meta_map
+            .get(META_KEY)
+            .ok_or_else(|| not_ckpt(format!("a safetensors file without the {META_KEY} header entry")))?;
+        let stored = meta_map.get(CHECKSUM_KEY).ok_or_else(|| corrupt("checksum entry missing".into()))?.clone();
+        let field = checksum_range(&head).ok_or_else(|| corrupt("checksum entry not found in header".into()))?;
+        head[field].copy_from_slice(CHECKSUM_PLACEHOLDER.as_bytes());
+        let mut crc = crc32c::crc32c(&head);
+
+        struct Entry {
+            name: String,
+            dtype: Dtype,
+            shape: Vec<usize>,
+            start: usize,
+            end: usize,
+        }
+        let mut entries = Vec::new();
+        for (name, info) in &header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype: Dtype =
+                serde_json::from_value(info["dtype"].clone()).map_err(|e| corrupt(format!("{name}: dtype: {e}")))?;
+            let shape: Vec<usize> =
+                serde_json::from_value(info["shape"].clone()).map_err(|e| corrupt(format!("{name}: shape: {e}")))?;
+            let [start, end]: [usize; 2] = serde_json::from_value(info["data_offsets"].clone())
+                .map_err(|e| corrupt(format!("{name}: offsets: {e}")))?;
+            let expected = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+            if end < start || end - start != expected {
+                return Err(corrupt(format!(
+                    "{name}: {} bytes for shape {shape:?} of {dtype:?}",
+                    end.saturating_sub(start)
+                )));
+            }
+            entries.push(Entry { name: name.clone(), dtype, shape, start, end });
+        }
+        entries.sort_by_key(|e| e.start);
+        let mut offset = 0;
+        let mut tensors = Vec::new();
+        let mut blobs = BTreeMap::new();
+        for e in entries {
+            if e.start != offset {
+                return Err(corrupt(format!("{}: data does not follow the previous tensor", e.name)));
+            }
+            let mut buf = vec![0u8; e.end - e.start];
+            r.read_exact(&mut buf)
+                .map_err(|_| corrupt(format!("truncated: data of {} cut short after {} bytes", e.name, r.read)))?;
+            crc = crc32c::crc32c_append(crc, &buf);
+            offset = e.end;
+            match e.name.strip_prefix(BLOB_PREFIX) {
+                Some(blob) => {
+                    blobs.insert(blob.to_string(), buf);
+                }
+                None => tensors.push(RawTensor {
+                    name: e.name,
+                    dtype: e.dtype,
+                    shape: e.shape,
+                    data: Bytes::from_bytes_vec(buf),
+                }),
+            }
+        }
+        let mut rest = [0u8; 1];
+        if r.read(&mut rest).map_err(|e| CheckpointError::io(path, e))? != 0 {
+            return Err(corrupt("trailing bytes after the last tensor".into()));
+        }
+        let actual = format!("{crc:08x}");
+        if stored != actual {
             return Err(corrupt(format!("checksum mismatch: stored {stored}, content {actual}")));
         }
         let meta: Meta = serde_json::from_str(meta_json).map_err(|e| corrupt(format!("bad {META_KEY}: {e}")))?;
         if meta.schema_version != SCHEMA_VERSION {
             return Err(CheckpointError::Incompatible {
-                path: path.to_path_buf(),
+                path: p(),
                 reason: format!(
                     "checkpoint schema version {} is not supported (this build reads {SCHEMA_VERSION})",
                     meta.schema_version
                 ),
             });
         }
-        let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(format!("tensor data: {e}")))?;
-        let mut tensors = Vec::new();
-        let mut blobs = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if let Some(blob) = name.strip_prefix(BLOB_PREFIX) {
-                blobs.insert(blob.to_string(), view.data().to_vec());
-            } else {
-                tensors.push(RawTensor {
-                    name,
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                    data: view.data().to_vec(),
-                });
-            }
-        }
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        let extra = map.into_iter().filter(|(k, _)| k != META_KEY && k != CHECKSUM_KEY).collect();
+        let extra = meta_map.into_iter().filter(|(k, _)| k != META_KEY && k != CHECKSUM_KEY).collect();
         Ok(Self { meta, tensors, blobs, extra })
+    }
+
+    /// Parses and verifies checkpoint bytes read from `path` (used in messages).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
+        Self::read_from(bytes, path)
     }
 
     /// Reads and verifies the checkpoint at `path`.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
-        Self::from_bytes(&bytes, path)
+        let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        Self::read_from(io::BufReader::with_capacity(1 << 20, file), path)
     }
 
     /// Writes the checkpoint to `path` atomically; the previous file survives any failure.
     pub fn write(&self, path: &Path, before_rename: impl FnOnce()) -> Result<(), CheckpointError> {
-        let bytes = self.to_bytes();
-        crate::atomic::write_atomic(path, |f| std::io::Write::write_all(f, &bytes), before_rename)
-            .map_err(|e| CheckpointError::io(path, e))
+        crate::atomic::write_atomic(
+            path,
+            |f| {
+                let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                self.write_to(&mut w)?;
+                w.flush()
+            },
+            before_rename,
+        )
+        .map_err(|e| CheckpointError::io(path, e))
     }
-}
-
-fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    let Some(n) = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else { return false };
-    n > 0 && n < 100_000_000 && bytes.get(8) == Some(&b'{')
 }
 
 /// Reads only the header of the checkpoint at `path` (no checksum verification): cheap, for
@@ -326,7 +447,7 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
         reason: format!("too short for a safetensors header: {e}"),
     })?;
     let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
+    if n > MAX_HEADER {
         return Err(CheckpointError::NotACheckpoint {
             path: path.to_path_buf(),
             reason: "implausible header size".into(),
@@ -350,6 +471,7 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::SafeTensors;
 
     pub(crate) fn sample() -> CheckpointFile {
         CheckpointFile {
@@ -371,7 +493,7 @@ mod tests {
                 name: "layer.weight".into(),
                 dtype: Dtype::F32,
                 shape: vec![2, 2],
-                data: [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                data: Bytes::from_bytes_vec([1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect()),
             }],
             blobs: BTreeMap::from([("state".into(), b"{\"a\":1}".to_vec())]),
             extra: BTreeMap::from([("trainyard.param_ids".into(), "{}".into())]),

@@ -71,7 +71,8 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
         let dtype = to_safetensors(data.dtype)
             .unwrap_or_else(|| panic!("parameter {name} has unsupported dtype {:?}", data.dtype));
         self.ids.insert(name.clone(), param.id.val().to_string());
-        self.tensors.push(RawTensor { name, dtype, shape: data.shape.to_vec(), data: data.into_bytes().to_vec() });
+        let shape = data.shape.to_vec();
+        self.tensors.push(RawTensor { name, dtype, shape, data: data.into_bytes() });
     }
 }
 
@@ -85,9 +86,8 @@ pub fn weights_of<B: Backend, M: Module<B>>(model: &M) -> (Vec<RawTensor>, BTree
 
 struct Load<'a> {
     path: ModulePath,
-    by_name: BTreeMap<&'a str, &'a RawTensor>,
+    by_name: BTreeMap<String, RawTensor>,
     ids: Option<&'a BTreeMap<String, String>>,
-    used: Vec<String>,
     problems: Vec<String>,
 }
 
@@ -101,11 +101,10 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let name = self.path.name();
         let (id, tensor, mapper) = param.consume();
-        let Some(raw) = self.by_name.get(name.as_str()) else {
+        let Some(raw) = self.by_name.remove(&name) else {
             self.problems.push(format!("missing tensor {name}"));
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        self.used.push(name.clone());
         let expected: Vec<usize> = tensor.shape().to_vec();
         if raw.shape != expected {
             self.problems.push(format!("{name}: shape {:?} in the file, {:?} in the model", raw.shape, expected));
@@ -115,7 +114,7 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
             self.problems.push(format!("{name}: unsupported dtype {:?}", raw.dtype));
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let data = TensorData::from_bytes_vec(raw.data.clone(), raw.shape.clone(), dtype);
+        let data = TensorData::from_bytes(raw.data, raw.shape, dtype);
         let loaded = Tensor::<B, D>::from_data(data, &tensor.device())
             .cast(tensor.dtype())
             .set_require_grad(tensor.is_require_grad());
@@ -133,28 +132,26 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
     }
 }
 
-/// Loads `tensors` into `model` by module path. With `ids`, the saved parameter ids are
+/// Loads `tensors` into `model` by module path (their buffers become the parameters' storage
+/// where the backend allows, without a copy). With `ids`, the saved parameter ids are
 /// restored too (needed for optimizer state to attach). Every missing, unexpected or
 /// mis-shaped tensor is reported at once, naming `file`.
 pub fn load_weights<B: Backend, M: Module<B>>(
     model: M,
-    tensors: &[RawTensor],
+    tensors: Vec<RawTensor>,
     ids: Option<&BTreeMap<String, String>>,
     file: &Path,
 ) -> Result<M, CheckpointError> {
     let mut load = Load {
         path: ModulePath::default(),
-        by_name: tensors.iter().map(|t| (t.name.as_str(), t)).collect(),
+        by_name: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
         ids,
-        used: Vec::new(),
         problems: Vec::new(),
     };
     let model = model.map(&mut load);
     let mut problems = load.problems;
-    for t in tensors {
-        if !load.used.contains(&t.name) {
-            problems.push(format!("unexpected tensor {} (not in the model)", t.name));
-        }
+    for name in load.by_name.keys() {
+        problems.push(format!("unexpected tensor {name} (not in the model)"));
     }
     if problems.is_empty() {
         Ok(model)
@@ -195,7 +192,7 @@ mod tests {
         let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a.weight", "a.bias", "b.0.weight", "b.0.bias", "b.1.weight", "b.1.bias"]);
         let fresh = net(&device);
-        let loaded = load_weights(fresh, &tensors, Some(&ids), Path::new("f")).unwrap();
+        let loaded = load_weights(fresh, tensors.clone(), Some(&ids), Path::new("f")).unwrap();
         let (again, again_ids) = weights_of::<TB, _>(&loaded);
         assert_eq!(again, tensors, "same values");
         assert_eq!(again_ids, ids, "same parameter ids");
@@ -215,8 +212,13 @@ mod tests {
         let (mut tensors, _) = weights_of::<TB, _>(&net(&device));
         tensors.retain(|t| t.name != "a.bias");
         tensors[0].shape = vec![4, 3];
-        tensors.push(RawTensor { name: "c.weight".into(), dtype: Dtype::F32, shape: vec![1], data: vec![0; 4] });
-        let err = load_weights(net(&device), &tensors, None, Path::new("ckpt.safetensors")).unwrap_err().to_string();
+        tensors.push(RawTensor {
+            name: "c.weight".into(),
+            dtype: Dtype::F32,
+            shape: vec![1],
+            data: burn::tensor::Bytes::from_bytes_vec(vec![0; 4]),
+        });
+        let err = load_weights(net(&device), tensors, None, Path::new("ckpt.safetensors")).unwrap_err().to_string();
         assert!(err.contains("ckpt.safetensors"), "{err}");
         assert!(err.contains("missing tensor a.bias"), "{err}");
         assert!(err.contains("a.weight: shape [4, 3]"), "{err}");

@@ -27,7 +27,7 @@ fn file(step: u64, kind: Kind, payload: usize) -> CheckpointFile {
             name: "w".into(),
             dtype: Dtype::U8,
             shape: vec![payload],
-            data: vec![step as u8; payload],
+            data: burn::tensor::Bytes::from_bytes_vec(vec![step as u8; payload]),
         }],
         blobs: BTreeMap::new(),
         extra: BTreeMap::new(),

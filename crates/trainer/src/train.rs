@@ -13,7 +13,6 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use checkpoints::format::RawTensor;
 use checkpoints::store::{metric_map, newest_valid};
 use checkpoints::{
     CheckpointError, CheckpointFile, CheckpointStore, Kind, Meta, Metric, RetentionConfig, RunIdentity, SCHEMA_VERSION,
@@ -274,11 +273,11 @@ pub fn init_model<B: AutodiffBackend, T: Task<B>>(task: &T, seed: u64, device: &
     model
 }
 
-/// Weights of `model` as a weights-only checkpoint file.
-fn weights_file<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, meta: Meta) -> (CheckpointFile, Vec<RawTensor>) {
+/// Weights of `model` (with their parameter ids) as a checkpoint file without blobs.
+fn weights_file<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, meta: Meta) -> CheckpointFile {
     let (tensors, ids) = checkpoints::module::weights_of::<B, M>(model);
     let extra = BTreeMap::from([(PARAM_IDS.to_string(), serde_json::to_string(&ids).expect("ids serialise"))]);
-    (CheckpointFile { meta, tensors: tensors.clone(), blobs: BTreeMap::new(), extra }, tensors)
+    CheckpointFile { meta, tensors, blobs: BTreeMap::new(), extra }
 }
 
 const PARAM_IDS: &str = "trainyard.param_ids";
@@ -430,7 +429,7 @@ impl<'a> Trainer<'a> {
             config_hash: cfg.config_hash.clone(),
         };
 
-        let source = self.resume_source(&identity)?;
+        let mut source = self.resume_source(&identity)?;
         if source.is_none() {
             // A fresh start never mixes with an earlier run's telemetry: set it aside.
             if let Some(archived) = archive_previous_run(cfg.run_dir, false)? {
@@ -452,7 +451,7 @@ impl<'a> Trainer<'a> {
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
         let mut validated_at = None;
         let mut counters = None;
-        if let Some((path, file)) = &source {
+        if let Some((path, file)) = &mut source {
             let bad = |reason: String| CheckpointError::Incompatible { path: path.clone(), reason };
             let ids: BTreeMap<String, String> = file
                 .extra
@@ -461,7 +460,7 @@ impl<'a> Trainer<'a> {
                 .transpose()
                 .map_err(|e| bad(format!("bad parameter ids: {e}")))?
                 .ok_or_else(|| bad("no parameter ids".into()))?;
-            model = checkpoints::module::load_weights(model, &file.tensors, Some(&ids), path)?;
+            model = checkpoints::module::load_weights(model, std::mem::take(&mut file.tensors), Some(&ids), path)?;
             let blob =
                 |name: &str| file.blobs.get(name).ok_or_else(|| bad(format!("no {name} state in the checkpoint")));
             let record = recorder
@@ -669,13 +668,13 @@ impl<'a> Trainer<'a> {
                         st.step,
                         &triggers,
                         || {
-                            let (mut file, _) = weights_file::<B, T::Model>(&model, meta(Kind::Resume));
+                            let mut file = weights_file::<B, T::Model>(&model, meta(Kind::Resume));
                             let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
                             file.blobs.insert(OPTIMIZER_BLOB.into(), record);
                             file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
                             file
                         },
-                        || weights_file::<B, T::Model>(&model, meta(Kind::Weights)).0,
+                        || weights_file::<B, T::Model>(&model, meta(Kind::Weights)),
                     )?;
                     let reasons: Vec<&str> = triggers
                         .iter()
