@@ -5,8 +5,11 @@
 //!
 //! - `checkpoint_save_100mb`: weights out of a burn module (5000 × 5000 f32 linear layer),
 //!   serialisation, checksum, temp file, fsync, rename, directory fsync.
+//! - `checkpoint_extract_100mb` / `checkpoint_write_file_100mb`: the two halves of a save
+//!   (weights out of the module; the atomic file write).
 //! - `plain_write_100mb`: `File::create` + `write_all` + `sync_all` of 100 MB.
 //! - `checkpoint_load_100mb`: read, checksum verification, parse, weights into the module.
+//! - `checkpoint_read_file_100mb`: read and verify only (no module).
 //! - `plain_read_100mb`: `fs::read` of the 100 MB file.
 
 use std::collections::BTreeMap;
@@ -57,6 +60,10 @@ fn benches(c: &mut Criterion) {
             CheckpointFile { meta: meta(), tensors, blobs: BTreeMap::new(), extra }.write(&ckpt, || {}).unwrap();
         })
     });
+    g.bench_function("checkpoint_extract_100mb", |b| b.iter(|| weights_of::<B, _>(&model)));
+    let (tensors, _) = weights_of::<B, _>(&model);
+    let ready = CheckpointFile { meta: meta(), tensors, blobs: BTreeMap::new(), extra: BTreeMap::new() };
+    g.bench_function("checkpoint_write_file_100mb", |b| b.iter(|| ready.write(&ckpt, || {}).unwrap()));
     g.bench_function("plain_write_100mb", |b| {
         b.iter(|| {
             let mut f = std::fs::File::create(&plain).unwrap();
@@ -64,6 +71,7 @@ fn benches(c: &mut Criterion) {
             f.sync_all().unwrap();
         })
     });
+    g.bench_function("checkpoint_read_file_100mb", |b| b.iter(|| CheckpointFile::read(&ckpt).unwrap()));
     g.bench_function("checkpoint_load_100mb", |b| {
         b.iter(|| {
             let file = CheckpointFile::read(&ckpt).unwrap();

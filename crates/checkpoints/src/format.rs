@@ -259,6 +259,22 @@ fn checksum_range(head: &[u8]) -> Option<std::ops::Range<usize>> {
     (head.len() >= at + CHECKSUM_PLACEHOLDER.len()).then(|| at..at + CHECKSUM_PLACEHOLDER.len())
 }
 
+/// Reads `len` bytes into a buffer allocated for elements of `elem` bytes, so burn can use it
+/// as tensor storage as is (`Bytes::from_bytes_vec` would copy a `Vec<u8>` to realign it).
+fn read_aligned<R: Read>(r: &mut R, len: usize, elem: usize) -> io::Result<Bytes> {
+    fn read<E: bytemuck::Pod + Send + Sync, R: Read>(r: &mut R, len: usize) -> io::Result<Bytes> {
+        let mut v: Vec<E> = vec![E::zeroed(); len / std::mem::size_of::<E>()];
+        r.read_exact(bytemuck::cast_slice_mut(&mut v))?;
+        Ok(Bytes::from_elems(v))
+    }
+    match elem {
+        8 if len.is_multiple_of(8) => read::<u64, R>(r, len),
+        4 if len.is_multiple_of(4) => read::<u32, R>(r, len),
+        2 if len.is_multiple_of(2) => read::<u16, R>(r, len),
+        _ => read::<u8, R>(r, len),
+    }
+}
+
 /// A reader that counts the bytes it has delivered, for error messages.
 struct Counting<R> {
     inner: R,
@@ -371,21 +387,22 @@ impl CheckpointFile {
             if e.start != offset {
                 return Err(corrupt(format!("{}: data does not follow the previous tensor", e.name)));
             }
-            let mut buf = vec![0u8; e.end - e.start];
-            r.read_exact(&mut buf)
-                .map_err(|_| corrupt(format!("truncated: data of {} cut short after {} bytes", e.name, r.read)))?;
-            crc = crc32c::crc32c_append(crc, &buf);
+            let len = e.end - e.start;
+            let read_so_far = r.read;
+            let truncated = |_| corrupt(format!("truncated: data of {} cut short after {read_so_far} bytes", e.name));
             offset = e.end;
             match e.name.strip_prefix(BLOB_PREFIX) {
                 Some(blob) => {
+                    let mut buf = vec![0u8; len];
+                    r.read_exact(&mut buf).map_err(truncated)?;
+                    crc = crc32c::crc32c_append(crc, &buf);
                     blobs.insert(blob.to_string(), buf);
                 }
-                None => tensors.push(RawTensor {
-                    name: e.name,
-                    dtype: e.dtype,
-                    shape: e.shape,
-                    data: Bytes::from_bytes_vec(buf),
-                }),
+                None => {
+                    let data = read_aligned(&mut r, len, e.dtype.bitsize() / 8).map_err(truncated)?;
+                    crc = crc32c::crc32c_append(crc, &data);
+                    tensors.push(RawTensor { name: e.name, dtype: e.dtype, shape: e.shape, data });
+                }
             }
         }
         let mut rest = [0u8; 1];
