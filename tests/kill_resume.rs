@@ -80,6 +80,13 @@ fn sigkill_at_random_instants_never_loses_more_than_a_save_interval() {
     let straight = root.path().join("straight");
     let status = toy(&straight).status().unwrap();
     assert!(status.success());
+    // Saves follow optimizer steps, not micro-batches (2 per step here): one per 5 steps.
+    let interval_saves: Vec<u64> = events(&straight)
+        .iter()
+        .filter(|e| e["event"] == "checkpoint" && e["reasons"].as_array().unwrap().iter().any(|r| r == "step_interval"))
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(interval_saves, (1..=STEPS / SAVE_EVERY).map(|i| i * SAVE_EVERY).collect::<Vec<_>>());
 
     let out = root.path().join("killed");
     let seed = 0x5eed_u64;

@@ -207,4 +207,14 @@ fn policy_state_survives_a_resume() {
     let (second, _) = run_segment(&resumed, None, 4);
     assert_eq!(second.stopped_at, 12);
     assert!(matches!(second.reason, StopReason::Requested { .. }));
+
+    // Interrupted right after the validation of step 6: the checkpoint of step 6 must already
+    // count that validation (a policy saved before its update would stop at step 15).
+    let split = tempfile::tempdir().unwrap();
+    let (first, _) = run_segment(&config(split.path(), 30), Some(16), 4);
+    assert_eq!(first.stopped_at, 6);
+    let mut resumed = config(split.path(), 30);
+    resumed.resume.auto = true;
+    let (second, _) = run_segment(&resumed, None, 4);
+    assert_eq!(second.stopped_at, 12);
 }
