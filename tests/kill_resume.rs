@@ -9,19 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trainyard-toy");
+mod support;
 const STEPS: u64 = 1000;
 const SAVE_EVERY: u64 = 5;
 
 fn toy(out: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TRAINYARD_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn")
-        .args(["--max-steps", &STEPS.to_string(), "--batch-size", "16", "--grad-accum", "2", "--val-every", "20"])
+    let mut c = support::toy();
+    c.args(["--max-steps", &STEPS.to_string(), "--batch-size", "16", "--grad-accum", "2", "--val-every", "20"])
         .args(["--set", &format!("checkpoint.every_n_steps={SAVE_EVERY}"), "--set", "checkpoint.keep_last_n_steps=2"])
         .args(["--set", "logging.progress=off", "--set", "logging.tensorboard=false"])
         .arg("--output-dir")
@@ -31,11 +25,7 @@ fn toy(out: &Path) -> Command {
 }
 
 fn events(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("training.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok()) // a line cut by the kill is skipped
-        .collect()
+    support::events(dir, None)
 }
 
 /// Tensors of a checkpoint (header metadata differs between runs: creation time, ids).

@@ -7,21 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trainyard-toy");
+mod support;
 
-fn toy() -> Command {
-    let mut c = Command::new(BIN);
-    // Relative paths in the tests are relative to the workspace root.
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    // Keep the tests independent of the caller's environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TRAINYARD_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn");
-    c
-}
+use support::toy;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -35,12 +23,7 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 }
 
 fn events(dir: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("training.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["event"] == kind)
-        .collect()
+    support::events(dir, Some(kind))
 }
 
 fn yaml(text: &str) -> serde_yaml::Value {

@@ -113,11 +113,13 @@ fn ci(stage: Option<&str>) -> Result<()> {
 }
 
 fn smoke(stage: Option<&str>) -> Result<()> {
+    // Build the binaries the way `cargo test --workspace` does (same feature unification,
+    // dev-dependencies included), so after the tests this is a no-op instead of a second
+    // build of burn's dependency tree with other features.
+    let mut build = cargo();
+    build.args(["test", "--locked", "--workspace", "--no-run"]);
+    run(build, "build stage binaries")?;
     for s in stages(stage)? {
-        let mut build = cargo();
-        build.args(["build", "--locked", "-p", s.package, "--bin", s.bin]);
-        run(build, &format!("build {}", s.bin))?;
-
         let out = target_dir().join("smoke").join(s.name);
         if out.exists() {
             std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;

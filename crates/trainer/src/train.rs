@@ -618,7 +618,10 @@ impl<'a> Trainer<'a> {
                     stop = s;
                 }
                 if epoch_done {
-                    triggers.push(Trigger::EpochEnd { epoch: st.epoch });
+                    // In overfit mode every step is an "epoch" of one window: no epoch saves.
+                    if !overfit {
+                        triggers.push(Trigger::EpochEnd { epoch: st.epoch });
+                    }
                     st.epoch += 1;
                     st.position = 0;
                 }

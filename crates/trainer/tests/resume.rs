@@ -4,9 +4,10 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use burn::module::AutodiffModule;
 use serde_json::Value;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode, SchedulerName};
@@ -100,28 +101,17 @@ impl StopPolicy for StopAfterValidations {
 }
 
 fn weights<M: AutodiffModule<B>>(model: &M) -> Vec<u32> {
-    struct Collect(Vec<u32>);
-    impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
-        }
-    }
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
+    support::weights::<B, M>(model).iter().map(|v| v.to_bits()).collect()
 }
 
 /// Per-step (step, loss bits, lr bits) as finally logged: a resumed run logs each step once.
 fn step_log(dir: &Path) -> Vec<(u64, u64, u64)> {
     let mut by_step = std::collections::BTreeMap::new();
-    for line in std::fs::read_to_string(dir.join("training.jsonl")).unwrap().lines() {
-        let e: Value = serde_json::from_str(line).unwrap();
-        if e["event"] == "train_step" {
-            by_step.insert(
-                e["step"].as_u64().unwrap(),
-                (e["loss"].as_f64().unwrap().to_bits(), e["lr"].as_f64().unwrap().to_bits()),
-            );
-        }
+    for e in support::events(dir, Some("train_step")) {
+        by_step.insert(
+            e["step"].as_u64().unwrap(),
+            (e["loss"].as_f64().unwrap().to_bits(), e["lr"].as_f64().unwrap().to_bits()),
+        );
     }
     by_step.into_iter().map(|(s, (l, r))| (s, l, r)).collect()
 }

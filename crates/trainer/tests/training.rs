@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use serde_json::Value;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode};
@@ -33,26 +35,12 @@ fn train(config: &ToyConfig) -> trainer::RunSummary<Mlp<B>> {
     Trainer::new(config.loop_config()).run::<B, _>(&task, &Default::default()).expect("training runs")
 }
 
-/// Every parameter value of a module, in visiting order.
 fn weights<M: AutodiffModule<B>>(model: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-            self.0.extend(p.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
+    support::weights::<B, M>(model)
 }
 
 fn events(dir: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("training.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["event"] == kind)
-        .collect()
+    support::events(dir, Some(kind))
 }
 
 #[test]
