@@ -149,11 +149,6 @@ impl CheckpointStore {
         self
     }
 
-    /// The metric ranking top-K and the best export.
-    pub fn monitor(&self) -> &str {
-        &self.monitor
-    }
-
     /// Path of a checkpoint name (without extension) in the store.
     pub fn path(&self, stem: &str) -> PathBuf {
         self.dir.join(format!("{stem}.{EXT}"))
@@ -177,11 +172,6 @@ impl CheckpointStore {
     /// Whether `step` is on the `every_n_steps` grid.
     pub fn is_step_interval(&self, step: u64) -> bool {
         self.config.every_n_steps.is_some_and(|n| n > 0 && step.is_multiple_of(n))
-    }
-
-    /// Whether epoch ends are saved.
-    pub fn saves_epochs(&self) -> bool {
-        self.config.per_epoch || self.config.latest
     }
 
     fn remove(&self, path: PathBuf, report: &mut SaveReport) {

@@ -581,11 +581,6 @@ impl Merged {
         self.figment.find_metadata(key).map(|m| describe_origin(m, key))
     }
 
-    /// The raw merged tree (for `--print-config` of an invalid config).
-    pub fn tree(&self) -> &Dict {
-        &self.tree
-    }
-
     /// Checks the merged tree against `C` and reports every problem at once.
     ///
     /// Unknown keys are found by comparing with the serialised defaults; type errors by
@@ -709,9 +704,4 @@ pub fn write_resolved<C: Serialize>(config: &C, run_dir: &Path) -> std::io::Resu
     let path = run_dir.join("config.yaml");
     std::fs::write(&path, to_yaml(config))?;
     Ok(path)
-}
-
-/// Renders `problems` as one string per problem (for tests and snapshots).
-pub fn problem_lines(errors: &ConfigErrors) -> Vec<String> {
-    errors.0.iter().map(ToString::to_string).collect()
 }

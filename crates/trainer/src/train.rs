@@ -24,9 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{
-    DebugConfig, LoggingConfig, NoSection, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig,
-};
+use crate::config::{DebugConfig, LoggingConfig, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
@@ -772,9 +770,6 @@ impl<'a> Trainer<'a> {
         Ok((value, is_best, stop))
     }
 }
-
-/// A config with no stage sections, for tests and embedders that drive the loop directly.
-pub type BareConfig = RunConfig<NoSection, NoSection, NoSection>;
 
 #[cfg(test)]
 mod tests {
