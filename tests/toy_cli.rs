@@ -286,3 +286,41 @@ fn auto_resume_extends_a_finished_run_and_falls_back_past_a_corrupt_latest() {
     let steps: Vec<u64> = events(&out, "train_step").iter().map(|e| e["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=20).collect::<Vec<_>>(), "steps 11-20 follow steps 1-10 once each");
 }
+
+#[test]
+fn early_stopping_flags_from_the_seeds_map_to_config_and_print_the_console_lines() {
+    let (code, out, err) = run(toy().args([
+        "--patience",
+        "7",
+        "--early-stop-divergence-threshold",
+        "10",
+        "--max-steps",
+        "5",
+        "--print-config",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v = yaml(&out)["early_stopping"].clone();
+    assert_eq!(v["enabled"].as_bool(), Some(true), "any early-stopping flag turns it on");
+    assert_eq!(v["patience"].as_u64(), Some(7));
+    assert_eq!(v["divergence_factor"].as_f64(), Some(10.0));
+
+    // min_delta 10 makes every validation after the first a non-improvement.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(toy()
+        .args(["--early-stopping", "--early-stopping-patience", "2", "--early-stopping-min-delta", "10"])
+        .args(["--max-steps", "50", "--val-every", "1", "--set", "logging.progress=plain"])
+        .arg("-o")
+        .arg(dir.path().join("run"))
+        .env("RUST_LOG", "info"));
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "✓ Metric improved to",
+        "⚠ No improvement for 1/2 validations (best:",
+        "🛑 Early stopping triggered! No improvement for 2 validations.",
+        "Best score:",
+        "Best val_loss:",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
+    assert_eq!(events(&dir.path().join("run"), "early_stop")[0]["step"], 3);
+}

@@ -101,6 +101,30 @@ pub struct CommonArgs {
     /// `checkpoint.keep_top_k`: keep the K best checkpoints (0 disables).
     #[arg(long, value_name = "K")]
     pub keep_top_k: Option<u64>,
+    /// `early_stopping.enabled: true`.
+    #[arg(long)]
+    pub early_stopping: bool,
+    /// `early_stopping.patience` (validations without improvement); enables early stopping.
+    #[arg(long, visible_alias = "patience", value_name = "N")]
+    pub early_stopping_patience: Option<u64>,
+    /// `early_stopping.min_delta` (absolute); enables early stopping.
+    #[arg(long, visible_alias = "early-stop-min-delta", value_name = "DELTA")]
+    pub early_stopping_min_delta: Option<f64>,
+    /// `early_stopping.min_delta_percent`; enables early stopping.
+    #[arg(long, value_name = "PERCENT")]
+    pub early_stop_min_delta_percent: Option<f64>,
+    /// `early_stopping.warmup` (validations before a patience stop); enables early stopping.
+    #[arg(long, value_name = "N")]
+    pub early_stop_warmup: Option<u64>,
+    /// `early_stopping.lr_threshold`; enables early stopping.
+    #[arg(long, value_name = "LR")]
+    pub early_stop_lr_threshold: Option<f64>,
+    /// `early_stopping.divergence_factor` (stop when k× worse than the best); enables early stopping.
+    #[arg(long, value_name = "K")]
+    pub early_stop_divergence_threshold: Option<f64>,
+    /// `early_stopping.restore_best_weights: true`.
+    #[arg(long)]
+    pub restore_best_weights: bool,
     /// `debug.overfit_single_batch: true`.
     #[arg(long)]
     pub overfit_single_batch: bool,
@@ -166,6 +190,26 @@ impl CommonArgs {
         }
         if let Some(k) = self.keep_top_k {
             put("checkpoint.keep_top_k", Value::from(k));
+        }
+        let mut early = self.early_stopping;
+        for (key, v) in [
+            ("patience", self.early_stopping_patience.map(Value::from)),
+            ("min_delta", self.early_stopping_min_delta.map(Value::from)),
+            ("min_delta_percent", self.early_stop_min_delta_percent.map(Value::from)),
+            ("warmup", self.early_stop_warmup.map(Value::from)),
+            ("lr_threshold", self.early_stop_lr_threshold.map(Value::from)),
+            ("divergence_factor", self.early_stop_divergence_threshold.map(Value::from)),
+        ] {
+            if let Some(v) = v {
+                put(&format!("early_stopping.{key}"), v);
+                early = true;
+            }
+        }
+        if early {
+            put("early_stopping.enabled", Value::from(true));
+        }
+        if self.restore_best_weights {
+            put("early_stopping.restore_best_weights", Value::from(true));
         }
         if self.overfit_single_batch {
             put("debug.overfit_single_batch", Value::from(true));

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use checkpoints::RetentionConfig;
 
 use crate::backend::DeviceSpec;
+use crate::early_stopping::EarlyStoppingConfig;
 
 /// Prefix of environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "TRAINYARD_";
@@ -46,6 +47,8 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub debug: DebugConfig,
     /// What is saved and kept.
     pub checkpoint: RetentionConfig,
+    /// When to stop early.
+    pub early_stopping: EarlyStoppingConfig,
     /// Where to resume from.
     pub resume: ResumeConfig,
     /// The stage's model section.
@@ -68,6 +71,7 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             logging: LoggingConfig::default(),
             debug: DebugConfig::default(),
             checkpoint: RetentionConfig::default(),
+            early_stopping: EarlyStoppingConfig::default(),
             resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
@@ -435,6 +439,13 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         }
         if c.export_best.as_deref().is_some_and(|s| s.is_empty() || s.contains(['/', '\\'])) {
             p.push(problem("checkpoint.export_best", "expected a plain file stem such as `best`, or null"));
+        }
+        self.early_stopping.validate(p);
+        if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
+            p.push(problem(
+                "early_stopping.restore_best_weights",
+                "restores from the best-model export: set checkpoint.export_best (e.g. `best`)",
+            ));
         }
         self.model.validate(p);
         self.data.validate(p);

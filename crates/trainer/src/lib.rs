@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod early_stopping;
 pub mod grads;
 pub mod interrupt;
 pub mod schedule;
@@ -19,4 +20,4 @@ pub mod train;
 
 pub use config::RunConfig;
 pub use task::{Metrics, Mode, Selection, StepOutput, Task};
-pub use train::{LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer};
+pub use train::{Decision, LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer, Validation};

@@ -124,6 +124,11 @@ impl Telemetry {
         })
     }
 
+    /// Shows a console line (above the progress bar, or as a log line).
+    pub fn message(&self, line: &str) {
+        self.progress.message(line);
+    }
+
     /// The metrics of the validation at `step`, if one ran there.
     pub fn last_validation(&self, step: u64) -> Option<&Metrics> {
         self.last_validation.as_ref().filter(|(s, _)| *s == step).map(|(_, m)| m)

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{DebugConfig, LoggingConfig, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig};
+use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
@@ -110,6 +111,8 @@ pub struct LoopConfig<'a> {
     pub debug: &'a DebugConfig,
     /// What is saved and kept.
     pub checkpoint: &'a RetentionConfig,
+    /// Early stopping.
+    pub early_stopping: &'a EarlyStoppingConfig,
     /// Where to resume from.
     pub resume: &'a ResumeConfig,
     /// Where telemetry and checkpoints go.
@@ -128,6 +131,7 @@ impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
             logging: &self.logging,
             debug: &self.debug,
             checkpoint: &self.checkpoint,
+            early_stopping: &self.early_stopping,
             resume: &self.resume,
             run_dir: &self.output_dir,
             config_hash: self.config_hash(),
@@ -156,14 +160,38 @@ pub struct LoopState {
     pub best: Option<(u64, f64)>,
 }
 
+/// What a stop policy sees after each validation.
+#[derive(Debug, Clone, Copy)]
+pub struct Validation<'a> {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Learning rate of the last optimizer step.
+    pub lr: f64,
+    /// The validation's metrics.
+    pub metrics: &'a Metrics,
+}
+
+/// What a stop policy decided after a validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// A reason to stop, or `None` to go on.
+    pub stop: Option<String>,
+    /// Console lines to show (progress-bar aware).
+    pub notes: Vec<String>,
+    /// An event `(kind, fields)` for `training.jsonl`.
+    pub event: Option<(String, serde_json::Value)>,
+}
+
 /// A rule that may ask the run to stop after a validation (early stopping and friends).
 /// Requests before `training.min_steps` are logged and ignored. Its state goes into every
 /// checkpoint, so a resumed run continues it.
 pub trait StopPolicy {
     /// Short name used in telemetry and as the key of its saved state.
     fn name(&self) -> &str;
-    /// Looks at a validation's metrics; returns a reason to stop, or `None` to go on.
-    fn after_validation(&mut self, step: u64, metrics: &Metrics) -> Option<String>;
+    /// Looks at a validation; says whether to stop and what to report.
+    fn after_validation(&mut self, validation: &Validation<'_>) -> Decision;
     /// The policy's state, saved in checkpoints.
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -171,6 +199,10 @@ pub trait StopPolicy {
     /// Restores the state saved by [`StopPolicy::state`].
     fn restore(&mut self, _state: &serde_json::Value) -> Result<(), String> {
         Ok(())
+    }
+    /// A closing line for the end of the run (e.g. the best score).
+    fn summary(&self) -> Option<String> {
+        None
     }
 }
 
@@ -420,6 +452,9 @@ impl<'a> Trainer<'a> {
         };
         let schedule = LrSchedule::new(cfg.optimizer.lr, cfg.optimizer.scheduler.clone(), total_steps);
         let selection = selection(task.selection(), cfg.checkpoint)?;
+        if cfg.early_stopping.enabled {
+            self.policies.insert(0, Box::new(EarlyStopping::new(cfg.early_stopping.clone(), &selection)));
+        }
         let identity = RunIdentity {
             seed: cfg.seed,
             dataset_id: task.dataset_id(),
@@ -626,6 +661,8 @@ impl<'a> Trainer<'a> {
                 if store.is_step_interval(st.step) {
                     triggers.push(Trigger::StepInterval);
                 }
+                // A signal that arrived during validation stops here too, not one step later.
+                let interrupted = interrupted.or_else(|| self.interrupts.received());
                 if let Some(signal) = interrupted {
                     tracing::warn!("{} received: stopping after optimizer step {}", signal.name(), st.step);
                     tel.event("interrupted", json!({"signal": signal.name(), "step": st.step, "epoch": st.epoch}))?;
@@ -696,6 +733,20 @@ impl<'a> Trainer<'a> {
             }
         }
 
+        for policy in &self.policies {
+            if let Some(line) = policy.summary() {
+                tel.message(&line);
+            }
+        }
+        if cfg.early_stopping.restore_best_weights
+            && let Some(path) = store.best_export_path().filter(|p| p.is_file())
+        {
+            let best = CheckpointFile::read(&path)?;
+            model = checkpoints::module::load_weights(model, best.tensors, None, &path)?;
+            tel.message(&format!("restored the best weights ({}) from {}", best.meta, path.display()));
+            tel.event("restored_best", json!({"path": path, "step": best.meta.step}))?;
+        }
+
         let reason_text = match &reason {
             StopReason::Budget => "budget".to_string(),
             StopReason::Requested { policy, .. } => format!("requested by {policy}"),
@@ -753,8 +804,16 @@ impl<'a> Trainer<'a> {
         }
         tel.validation(st.step, st.epoch, lr, &metrics, is_best)?;
         let mut stop = None;
+        let validation = Validation { step: st.step, epoch: st.epoch, lr, metrics: &metrics };
         for policy in &mut self.policies {
-            if let Some(why) = policy.after_validation(st.step, &metrics) {
+            let decision = policy.after_validation(&validation);
+            for note in &decision.notes {
+                tel.message(note);
+            }
+            if let Some((kind, fields)) = decision.event {
+                tel.event(&kind, fields)?;
+            }
+            if let Some(why) = decision.stop {
                 if st.step < self.config.training.min_steps {
                     tel.event(
                         "stop_ignored",

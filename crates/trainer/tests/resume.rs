@@ -13,7 +13,7 @@ use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode, SchedulerName};
 use trainer::interrupt::{Interrupts, Signal};
 use trainer::toy::{Mlp, ToyBatch, ToyConfig, ToyTask};
-use trainer::{Metrics, Selection, StepOutput, StopPolicy, StopReason, Task, Trainer};
+use trainer::{Decision, Metrics, Selection, StepOutput, StopPolicy, StopReason, Task, Trainer, Validation};
 
 type B = CpuBackend;
 
@@ -87,9 +87,12 @@ impl StopPolicy for StopAfterValidations {
     fn name(&self) -> &str {
         "stop_after_validations"
     }
-    fn after_validation(&mut self, _: u64, _: &Metrics) -> Option<String> {
+    fn after_validation(&mut self, _: &Validation<'_>) -> Decision {
         self.seen += 1;
-        (self.seen >= self.limit).then(|| format!("{} validations", self.seen))
+        Decision {
+            stop: (self.seen >= self.limit).then(|| format!("{} validations", self.seen)),
+            ..Decision::default()
+        }
     }
     fn state(&self) -> Value {
         serde_json::json!({"seen": self.seen})

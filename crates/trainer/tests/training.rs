@@ -16,7 +16,7 @@ use trainer::grads;
 use trainer::tensorboard::read_scalars;
 use trainer::toy::{Mlp, ToyConfig, ToyTask};
 use trainer::train::init_model;
-use trainer::{Metrics, StopPolicy, StopReason, Task, Trainer};
+use trainer::{Decision, StopPolicy, StopReason, Task, Trainer, Validation};
 
 type B = CpuBackend;
 
@@ -180,8 +180,8 @@ impl StopPolicy for AlwaysStop {
     fn name(&self) -> &str {
         "always"
     }
-    fn after_validation(&mut self, step: u64, _: &Metrics) -> Option<String> {
-        Some(format!("asked at step {step}"))
+    fn after_validation(&mut self, v: &Validation<'_>) -> Decision {
+        Decision { stop: Some(format!("asked at step {}", v.step)), ..Decision::default() }
     }
 }
 
