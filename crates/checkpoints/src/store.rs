@@ -40,7 +40,8 @@ pub enum Trigger {
         /// The epoch that ended (0-based).
         epoch: u64,
     },
-    /// The run was interrupted, or ended: only `checkpoint_latest` is refreshed.
+    /// The run was interrupted, aborted or ended: `checkpoint_latest` is written, even
+    /// with `latest: false`, so the run can always be resumed.
     Final,
 }
 
@@ -165,7 +166,7 @@ impl CheckpointStore {
             Trigger::Validation { .. } => self.config.latest || self.config.keep_top_k > 0,
             Trigger::StepInterval => true,
             Trigger::EpochEnd { .. } => self.config.latest || self.config.per_epoch,
-            Trigger::Final => self.config.latest,
+            Trigger::Final => true,
         })
     }
 
@@ -199,7 +200,8 @@ impl CheckpointStore {
         let mut report = SaveReport::default();
         let mut names: Vec<PathBuf> = Vec::new();
         let mut top_k_offer = None;
-        if self.config.latest {
+        // `Final` (interrupt, end, anomaly) always leaves a resumable checkpoint_latest.
+        if self.config.latest || triggers.contains(&Trigger::Final) {
             names.push(self.path(LATEST));
         }
         let mut new_best = false;

@@ -125,6 +125,15 @@ pub struct CommonArgs {
     /// `early_stopping.restore_best_weights: true`.
     #[arg(long)]
     pub restore_best_weights: bool,
+    /// `spike_guard.grad_norm_threshold` (seed 004 `grad_spike_threshold`).
+    #[arg(long, value_name = "NORM")]
+    pub grad_spike_threshold: Option<f64>,
+    /// `spike_guard.grad_norm_patience` (seed 004 `grad_spike_patience`).
+    #[arg(long, value_name = "STEPS")]
+    pub grad_spike_patience: Option<u64>,
+    /// `debug.detect_anomaly: true`: check every loss component for NaN/Inf at every step.
+    #[arg(long)]
+    pub detect_anomaly: bool,
     /// `debug.overfit_single_batch: true`.
     #[arg(long)]
     pub overfit_single_batch: bool,
@@ -210,6 +219,15 @@ impl CommonArgs {
         }
         if self.restore_best_weights {
             put("early_stopping.restore_best_weights", Value::from(true));
+        }
+        if let Some(t) = self.grad_spike_threshold {
+            put("spike_guard.grad_norm_threshold", Value::from(t));
+        }
+        if let Some(n) = self.grad_spike_patience {
+            put("spike_guard.grad_norm_patience", Value::from(n));
+        }
+        if self.detect_anomaly {
+            put("debug.detect_anomaly", Value::from(true));
         }
         if self.overfit_single_batch {
             put("debug.overfit_single_batch", Value::from(true));
@@ -307,6 +325,14 @@ pub fn main<S: Stage>() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match run::<S>(&config) {
+        Ok((StopReason::Aborted { policy, reason }, state)) => {
+            eprintln!(
+                "{}: training aborted by {policy} after optimizer step {}: {reason} (checkpoint_latest was written)",
+                S::NAME,
+                state.step
+            );
+            ExitCode::from(1)
+        }
         Ok((StopReason::Interrupted(signal), state)) => {
             eprintln!("{}: interrupted by {} after optimizer step {}", S::NAME, signal.name(), state.step);
             ExitCode::from(signal.exit_code())

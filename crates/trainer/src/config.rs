@@ -17,6 +17,7 @@ use checkpoints::RetentionConfig;
 
 use crate::backend::DeviceSpec;
 use crate::early_stopping::EarlyStoppingConfig;
+use crate::spike_guard::SpikeGuardConfig;
 
 /// Prefix of environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "TRAINYARD_";
@@ -49,6 +50,8 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub checkpoint: RetentionConfig,
     /// When to stop early.
     pub early_stopping: EarlyStoppingConfig,
+    /// When a diverging run is aborted.
+    pub spike_guard: SpikeGuardConfig,
     /// Where to resume from.
     pub resume: ResumeConfig,
     /// The stage's model section.
@@ -72,6 +75,7 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             debug: DebugConfig::default(),
             checkpoint: RetentionConfig::default(),
             early_stopping: EarlyStoppingConfig::default(),
+            spike_guard: SpikeGuardConfig::default(),
             resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
@@ -274,6 +278,9 @@ pub struct DebugConfig {
     pub overfit_single_batch: bool,
     /// With `overfit_single_batch`: the run fails unless first loss / last loss reaches this factor.
     pub expected_loss_drop: Option<f64>,
+    /// Also check every named loss component (not only the loss and the gradient norm) for
+    /// NaN/Inf at every step.
+    pub detect_anomaly: bool,
     /// Pause inside every checkpoint save, after the data is durable and before it becomes
     /// visible (widens the window for crash tests; 0 in real runs).
     pub save_delay_ms: u64,
@@ -441,6 +448,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
             p.push(problem("checkpoint.export_best", "expected a plain file stem such as `best`, or null"));
         }
         self.early_stopping.validate(p);
+        self.spike_guard.validate(p);
         if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
             p.push(problem(
                 "early_stopping.restore_best_weights",

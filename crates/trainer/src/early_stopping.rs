@@ -137,6 +137,7 @@ impl EarlyStopping {
         }
         Decision {
             stop: Some(reason.clone()),
+            abort: false,
             notes: std::mem::take(notes),
             event: Some((
                 "early_stop".into(),
@@ -217,7 +218,7 @@ impl StopPolicy for EarlyStopping {
         if self.wait >= c.patience && self.seen > c.warmup {
             return self.stop(v.step, format!("No improvement for {} validations.", c.patience), &mut notes);
         }
-        Decision { stop: None, notes, event: None }
+        Decision { notes, ..Decision::default() }
     }
 
     fn state(&self) -> Value {

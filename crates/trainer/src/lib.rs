@@ -12,6 +12,7 @@ pub mod early_stopping;
 pub mod grads;
 pub mod interrupt;
 pub mod schedule;
+pub mod spike_guard;
 pub mod task;
 pub mod telemetry;
 pub mod tensorboard;
@@ -20,4 +21,6 @@ pub mod train;
 
 pub use config::RunConfig;
 pub use task::{Metrics, Mode, Selection, StepOutput, Task};
-pub use train::{Decision, LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer, Validation};
+pub use train::{
+    Decision, LoopConfig, LoopState, RunSummary, Step, StopPolicy, StopReason, TrainError, Trainer, Validation,
+};

@@ -29,6 +29,7 @@ use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
+use crate::spike_guard::{SpikeGuard, SpikeGuardConfig};
 use crate::task::{Metrics, Selection, Task};
 use crate::telemetry::{self, StepRecord, Telemetry, TelemetryCounters};
 
@@ -44,17 +45,22 @@ pub enum TrainError {
     /// The task has no training samples.
     #[error("the training set is empty: nothing to train on (check the data section of the config)")]
     EmptyDataset,
-    /// The loss became NaN or infinite.
+    /// A NaN or infinity appeared in the loss, a loss component or the gradient norm. The
+    /// update was not applied; the last good state was checkpointed.
     #[error(
-        "non-finite loss ({value}) at optimizer step {step}, epoch {epoch}; lower optimizer.lr or set training.gradient_clip_norm"
+        "non-finite value at optimizer step {step} (epoch {epoch}): {what}; the update was not applied{}. \
+         Lower optimizer.lr or set training.gradient_clip_norm",
+        checkpoint.as_ref().map(|p| format!(" and the last good state is in {}", p.display())).unwrap_or_default()
     )]
-    NonFiniteLoss {
+    Anomaly {
         /// Optimizer step being computed (1-based).
         step: u64,
         /// Epoch (0-based).
         epoch: u64,
-        /// The loss value.
-        value: f64,
+        /// The first offending value, named.
+        what: String,
+        /// The checkpoint written before stopping.
+        checkpoint: Option<PathBuf>,
     },
     /// Validation did not return the metric that selects the best model.
     #[error(
@@ -113,6 +119,8 @@ pub struct LoopConfig<'a> {
     pub checkpoint: &'a RetentionConfig,
     /// Early stopping.
     pub early_stopping: &'a EarlyStoppingConfig,
+    /// Gradient and loss spike guards.
+    pub spike_guard: &'a SpikeGuardConfig,
     /// Where to resume from.
     pub resume: &'a ResumeConfig,
     /// Where telemetry and checkpoints go.
@@ -132,6 +140,7 @@ impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
             debug: &self.debug,
             checkpoint: &self.checkpoint,
             early_stopping: &self.early_stopping,
+            spike_guard: &self.spike_guard,
             resume: &self.resume,
             run_dir: &self.output_dir,
             config_hash: self.config_hash(),
@@ -173,11 +182,30 @@ pub struct Validation<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// What a stop policy decided after a validation.
+/// What a stop policy sees after each optimizer step.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// The step's loss (sample-weighted mean over its micro-batches).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The step's named metrics.
+    pub metrics: &'a Metrics,
+}
+
+/// What a stop policy decided after a validation or a step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
     /// A reason to stop, or `None` to go on.
     pub stop: Option<String>,
+    /// The stop is a failure (the run exits non-zero) and is not deferred by `min_steps`.
+    pub abort: bool,
     /// Console lines to show (progress-bar aware).
     pub notes: Vec<String>,
     /// An event `(kind, fields)` for `training.jsonl`.
@@ -191,7 +219,13 @@ pub trait StopPolicy {
     /// Short name used in telemetry and as the key of its saved state.
     fn name(&self) -> &str;
     /// Looks at a validation; says whether to stop and what to report.
-    fn after_validation(&mut self, validation: &Validation<'_>) -> Decision;
+    fn after_validation(&mut self, _validation: &Validation<'_>) -> Decision {
+        Decision::default()
+    }
+    /// Looks at a completed optimizer step (before any validation at that step).
+    fn after_step(&mut self, _step: &Step<'_>) -> Decision {
+        Decision::default()
+    }
     /// The policy's state, saved in checkpoints.
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -220,6 +254,13 @@ pub enum StopReason {
     },
     /// SIGINT / SIGTERM; a resumable checkpoint was written after the last completed step.
     Interrupted(Signal),
+    /// A guard aborted the run (e.g. gradient spikes); a checkpoint was written.
+    Aborted {
+        /// The policy's name.
+        policy: String,
+        /// Its reason.
+        reason: String,
+    },
 }
 
 /// The end of a run.
@@ -357,6 +398,34 @@ fn selection(task: Selection, checkpoint: &RetentionConfig) -> Result<Selection,
     }
 }
 
+/// Reports a policy's decision (notes, event) and turns it into a stop reason: aborts at
+/// once, ordinary stops only from `min_steps` on (earlier ones are logged as ignored).
+fn report_decision(
+    policy: &dyn StopPolicy,
+    decision: Decision,
+    step: u64,
+    min_steps: u64,
+    tel: &mut Telemetry,
+) -> Result<Option<StopReason>, TrainError> {
+    for note in &decision.notes {
+        tel.message(note);
+    }
+    if let Some((kind, fields)) = decision.event {
+        tel.event(&kind, fields)?;
+    }
+    let Some(reason) = decision.stop else { return Ok(None) };
+    let name = policy.name().to_string();
+    if decision.abort {
+        return Ok(Some(StopReason::Aborted { policy: name, reason }));
+    }
+    if step < min_steps {
+        tel.event("stop_ignored", json!({"step": step, "policy": name, "reason": reason, "min_steps": min_steps}))?;
+        return Ok(None);
+    }
+    tel.event("stop_requested", json!({"step": step, "policy": name, "reason": reason}))?;
+    Ok(Some(StopReason::Requested { policy: name, reason }))
+}
+
 /// Runs a task under a loop configuration.
 pub struct Trainer<'a> {
     config: LoopConfig<'a>,
@@ -454,6 +523,9 @@ impl<'a> Trainer<'a> {
         let selection = selection(task.selection(), cfg.checkpoint)?;
         if cfg.early_stopping.enabled {
             self.policies.insert(0, Box::new(EarlyStopping::new(cfg.early_stopping.clone(), &selection)));
+        }
+        if cfg.spike_guard.enabled() {
+            self.policies.insert(0, Box::new(SpikeGuard::new(cfg.spike_guard.clone())));
         }
         let identity = RunIdentity {
             seed: cfg.seed,
@@ -567,6 +639,61 @@ impl<'a> Trainer<'a> {
             t.batch_size,
         );
 
+        // One resume bundle for `triggers`, written through the store's retention and reported
+        // in telemetry. A macro rather than a function: it reads most of the loop's state.
+        macro_rules! save_checkpoint {
+            ($triggers:expr, $final_label:expr) => {{
+                let triggers: &[Trigger] = $triggers;
+                let saved = SavedState {
+                    step: st.step,
+                    epoch: st.epoch,
+                    position: st.position,
+                    best: st.best.map(|(s, v)| (s, Metric(v))),
+                    first_loss: Metric(first_loss),
+                    last_loss: Metric(last_loss),
+                    validated_at,
+                    telemetry: TelemetryCounters { last_checkpoint: st.step, ..tel.counters() },
+                    policies: self.policies.iter().map(|p| (p.name().to_string(), p.state())).collect(),
+                    rng: json!({"scheme": "data order from (seed, epoch); backend reseeded from (seed, step)", "seed": cfg.seed}),
+                    schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
+                    loss_scaler: None,
+                };
+                let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
+                let meta = |kind| Meta {
+                    schema_version: SCHEMA_VERSION,
+                    kind,
+                    step: st.step,
+                    epoch: st.epoch,
+                    metrics: metric_map(&metrics),
+                    identity: identity.clone(),
+                    created_unix: now_unix(),
+                };
+                let report = store.save(
+                    st.step,
+                    triggers,
+                    || {
+                        let mut file = weights_file::<B, T::Model>(&model, meta(Kind::Resume));
+                        let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
+                        file.blobs.insert(OPTIMIZER_BLOB.into(), record);
+                        file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
+                        file
+                    },
+                    || weights_file::<B, T::Model>(&model, meta(Kind::Weights)),
+                )?;
+                let reasons: Vec<&str> = triggers
+                    .iter()
+                    .map(|t| match t {
+                        Trigger::Validation { .. } => "validation",
+                        Trigger::StepInterval => "step_interval",
+                        Trigger::EpochEnd { .. } => "epoch_end",
+                        Trigger::Final => $final_label,
+                    })
+                    .collect();
+                tel.checkpoint(st.step, &reasons, &report.written, &report.removed)?;
+                report
+            }};
+        }
+
         let mut reason = StopReason::Budget;
         let mut finished = st.step >= total_steps || t.epochs.is_some_and(|e| st.epoch >= e);
         while !finished {
@@ -586,17 +713,16 @@ impl<'a> Trainer<'a> {
                 let mut accumulator = GradientsAccumulator::<T::Model>::new();
                 let mut loss_sum = 0.0;
                 let mut metric_sums = Metrics::new();
-                for indices in window {
+                // The first NaN/Inf found in this step: loss, then (with debug.detect_anomaly)
+                // each named loss component, then the gradient norm.
+                let mut offender: Option<String> = None;
+                for (micro, indices) in window.iter().enumerate() {
                     let batch = task.train_batch(indices, device);
                     let out = task.train_step(&model, &batch);
                     let weight = indices.len() as f64 / window_samples as f64;
                     let loss_value: f64 = out.loss.clone().into_scalar().elem();
-                    if !loss_value.is_finite() {
-                        return Err(TrainError::NonFiniteLoss {
-                            step: st.step + 1,
-                            epoch: st.epoch,
-                            value: loss_value,
-                        });
+                    if !loss_value.is_finite() && offender.is_none() {
+                        offender = Some(format!("the loss of micro-batch {} is {loss_value}", micro + 1));
                     }
                     loss_sum += loss_value * weight;
                     for (k, v) in out.metrics {
@@ -614,6 +740,27 @@ impl<'a> Trainer<'a> {
                 let grad_norm = grads::global_norm::<B, T::Model>(&model, &mut gradients);
                 if let Some(max_norm) = t.gradient_clip_norm {
                     grads::clip_global_norm::<B, T::Model>(&model, &mut gradients, grad_norm, max_norm);
+                }
+                if offender.is_none() && cfg.debug.detect_anomaly {
+                    offender = metric_sums
+                        .iter()
+                        .find(|(_, v)| !v.is_finite())
+                        .map(|(k, v)| format!("loss component `{k}` is {v}"));
+                }
+                if offender.is_none() && !grad_norm.is_finite() {
+                    offender = Some(format!("the global gradient norm is {grad_norm}"));
+                }
+                if let Some(what) = offender {
+                    // The update is not applied: the checkpoint holds the last good weights.
+                    tel.event("anomaly", json!({"step": st.step + 1, "epoch": st.epoch, "what": what}))?;
+                    let report = save_checkpoint!(&[Trigger::Final], "anomaly");
+                    tel.finish()?;
+                    return Err(TrainError::Anomaly {
+                        step: st.step + 1,
+                        epoch: st.epoch,
+                        what,
+                        checkpoint: report.written.first().cloned(),
+                    });
                 }
                 let lr = schedule.lr_at(st.step);
                 model = optim.step(lr, model, gradients);
@@ -635,20 +782,24 @@ impl<'a> Trainer<'a> {
                 })?;
 
                 // Everything that happens at this step boundary, in an order that makes the
-                // checkpoint below include it (validation and policy state first).
+                // checkpoint below include it (step policies, validation, policy state first).
                 let mut triggers = Vec::new();
-                let mut stop = None;
+                let mut stop = self.after_step(
+                    &Step { step: st.step, epoch: st.epoch, loss: loss_sum, lr, grad_norm, metrics: &metric_sums },
+                    &mut tel,
+                )?;
+                let aborted = matches!(stop, Some(StopReason::Aborted { .. }));
                 let epoch_done = st.position >= batches.len();
                 let validate_now = t.val_every.map_or(epoch_done, |every| st.step.is_multiple_of(every));
                 let interrupted = self.interrupts.received();
                 let out_of_budget =
                     st.step >= total_steps || (epoch_done && t.epochs.is_some_and(|e| st.epoch + 1 >= e));
                 // The final weights are always evaluated, so the best model is never stale.
-                if validate_now || (out_of_budget && interrupted.is_none()) {
+                if !aborted && (validate_now || (out_of_budget && interrupted.is_none())) {
                     let (value, is_best, s) = self.validate(task, &model, device, &mut tel, &mut st, lr, &selection)?;
                     validated_at = Some(st.step);
                     triggers.push(Trigger::Validation { value, is_best });
-                    stop = s;
+                    stop = stop.or(s);
                 }
                 if epoch_done {
                     // In overfit mode every step is an "epoch" of one window: no epoch saves.
@@ -678,53 +829,8 @@ impl<'a> Trainer<'a> {
                     triggers.push(Trigger::Final);
                 }
                 if !triggers.is_empty() && store.wants(&triggers) {
-                    let saved = SavedState {
-                        step: st.step,
-                        epoch: st.epoch,
-                        position: st.position,
-                        best: st.best.map(|(s, v)| (s, Metric(v))),
-                        first_loss: Metric(first_loss),
-                        last_loss: Metric(last_loss),
-                        validated_at,
-                        telemetry: TelemetryCounters { last_checkpoint: st.step, ..tel.counters() },
-                        policies: self.policies.iter().map(|p| (p.name().to_string(), p.state())).collect(),
-                        rng: json!({"scheme": "data order from (seed, epoch); backend reseeded from (seed, step)", "seed": cfg.seed}),
-                        schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
-                        loss_scaler: None,
-                    };
-                    let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
-                    let meta = |kind| Meta {
-                        schema_version: SCHEMA_VERSION,
-                        kind,
-                        step: st.step,
-                        epoch: st.epoch,
-                        metrics: metric_map(&metrics),
-                        identity: identity.clone(),
-                        created_unix: now_unix(),
-                    };
-                    let report = store.save(
-                        st.step,
-                        &triggers,
-                        || {
-                            let mut file = weights_file::<B, T::Model>(&model, meta(Kind::Resume));
-                            let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
-                            file.blobs.insert(OPTIMIZER_BLOB.into(), record);
-                            file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
-                            file
-                        },
-                        || weights_file::<B, T::Model>(&model, meta(Kind::Weights)),
-                    )?;
-                    let reasons: Vec<&str> = triggers
-                        .iter()
-                        .map(|t| match t {
-                            Trigger::Validation { .. } => "validation",
-                            Trigger::StepInterval => "step_interval",
-                            Trigger::EpochEnd { .. } => "epoch_end",
-                            Trigger::Final if interrupted.is_some() => "interrupted",
-                            Trigger::Final => "final",
-                        })
-                        .collect();
-                    tel.checkpoint(st.step, &reasons, &report.written, &report.removed)?;
+                    let final_label = if interrupted.is_some() { "interrupted" } else { "final" };
+                    save_checkpoint!(&triggers, final_label);
                 }
                 if finished || epoch_done {
                     // The next epoch needs its own order.
@@ -751,6 +857,7 @@ impl<'a> Trainer<'a> {
             StopReason::Budget => "budget".to_string(),
             StopReason::Requested { policy, .. } => format!("requested by {policy}"),
             StopReason::Interrupted(s) => s.name().to_string(),
+            StopReason::Aborted { policy, .. } => format!("aborted by {policy}"),
         };
         tel.event(
             "run_end",
@@ -774,6 +881,17 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(RunSummary { model, state: st, reason, first_loss, last_loss, resumed_from: source.map(|(p, _)| p) })
+    }
+
+    /// Consults the policies after an optimizer step; returns the first stop (aborts are not
+    /// deferred by `min_steps`).
+    fn after_step(&mut self, step: &Step<'_>, tel: &mut Telemetry) -> Result<Option<StopReason>, TrainError> {
+        let mut stop = None;
+        for policy in &mut self.policies {
+            let decision = policy.after_step(step);
+            stop = stop.or(report_decision(policy.as_ref(), decision, step.step, self.config.training.min_steps, tel)?);
+        }
+        Ok(stop)
     }
 
     /// Runs validation, reports it, updates the best, and consults the stop policies.
@@ -807,24 +925,7 @@ impl<'a> Trainer<'a> {
         let validation = Validation { step: st.step, epoch: st.epoch, lr, metrics: &metrics };
         for policy in &mut self.policies {
             let decision = policy.after_validation(&validation);
-            for note in &decision.notes {
-                tel.message(note);
-            }
-            if let Some((kind, fields)) = decision.event {
-                tel.event(&kind, fields)?;
-            }
-            if let Some(why) = decision.stop {
-                if st.step < self.config.training.min_steps {
-                    tel.event(
-                        "stop_ignored",
-                        json!({"step": st.step, "policy": policy.name(), "reason": why,
-                               "min_steps": self.config.training.min_steps}),
-                    )?;
-                    continue;
-                }
-                tel.event("stop_requested", json!({"step": st.step, "policy": policy.name(), "reason": why}))?;
-                stop.get_or_insert(StopReason::Requested { policy: policy.name().to_string(), reason: why });
-            }
+            stop = stop.or(report_decision(policy.as_ref(), decision, st.step, self.config.training.min_steps, tel)?);
         }
         Ok((value, is_best, stop))
     }
