@@ -225,11 +225,14 @@ pub struct LoggingConfig {
     pub progress: ProgressMode,
     /// Optimizer steps between plain progress lines.
     pub log_every: u64,
+    /// Log memory before the forward pass and after the backward pass every N optimizer
+    /// steps, and around each validation; `null` disables.
+    pub memory_every: Option<u64>,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { tensorboard: true, progress: ProgressMode::Auto, log_every: 50 }
+        Self { tensorboard: true, progress: ProgressMode::Auto, log_every: 50, memory_every: Some(100) }
     }
 }
 
@@ -420,6 +423,9 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
                 "optimizer.scheduler.warmup_steps",
                 format!("warm-up of {} steps is longer than max_steps {max}", o.scheduler.warmup_steps),
             ));
+        }
+        if self.logging.memory_every == Some(0) {
+            p.push(problem("logging.memory_every", "expected a positive step count or null"));
         }
         if self.logging.log_every == 0 {
             p.push(problem("logging.log_every", "expected a positive step count"));

@@ -31,6 +31,39 @@ pub struct MemoryReading {
     pub kind: &'static str,
 }
 
+/// Memory figures at one moment: the process's resident set, and the machine's total and
+/// available memory where the platform reports them (Linux `/proc/meminfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemorySnapshot {
+    /// Process resident set in bytes.
+    pub rss: Option<u64>,
+    /// Memory available to new allocations on this machine, in bytes.
+    pub free: Option<u64>,
+    /// Total memory of this machine, in bytes.
+    pub total: Option<u64>,
+}
+
+impl MemorySnapshot {
+    /// Reads the current figures.
+    pub fn now() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        };
+        Self { rss: memory_now().map(|m| m.bytes), free: field("MemAvailable:"), total: field("MemTotal:") }
+    }
+
+    /// Seed-style line: `RSS=0.42GB, Free=20.10GB, Total=23.40GB`.
+    pub fn line(&self) -> String {
+        let gb = |b: Option<u64>| b.map(|b| format!("{:.2}GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into());
+        format!("RSS={}, Free={}, Total={}", gb(self.rss), gb(self.free), gb(self.total))
+    }
+}
+
 /// Resident memory of this process, if the platform reports it.
 pub fn memory_now() -> Option<MemoryReading> {
     memory_stats::memory_stats().map(|m| MemoryReading { bytes: m.physical_mem as u64, kind: "rss" })
@@ -122,6 +155,17 @@ impl Telemetry {
             losses_since_val,
             last_validation: None,
         })
+    }
+
+    /// Logs memory at a named point of step `step` (seed 000's `[Step N - Before Forward]`
+    /// lines, and a `memory` event).
+    pub fn memory(&mut self, step: u64, point: &str) -> io::Result<()> {
+        let m = MemorySnapshot::now();
+        self.progress.message(&format!("[Step {step} - {point}] Memory (host, process RSS): {}", m.line()));
+        self.event(
+            "memory",
+            json!({"step": step, "point": point, "rss_bytes": m.rss, "free_bytes": m.free, "total_bytes": m.total}),
+        )
     }
 
     /// Shows a console line (above the progress bar, or as a log line).

@@ -710,6 +710,10 @@ impl<'a> Trainer<'a> {
                     B::seed(device, step_seed(cfg.seed, st.step));
                 }
                 let window_samples: usize = window.iter().map(|b| b.len()).sum();
+                let log_memory = cfg.logging.memory_every.is_some_and(|n| (st.step + 1).is_multiple_of(n));
+                if log_memory {
+                    tel.memory(st.step + 1, "Before Forward")?;
+                }
                 let mut accumulator = GradientsAccumulator::<T::Model>::new();
                 let mut loss_sum = 0.0;
                 let mut metric_sums = Metrics::new();
@@ -734,6 +738,9 @@ impl<'a> Trainer<'a> {
                     accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
                 }
                 let mut gradients = accumulator.grads();
+                if log_memory {
+                    tel.memory(st.step + 1, "After Backward")?;
+                }
                 if let Some(bound) = t.gradient_clip_value {
                     grads::clamp::<B, T::Model>(&model, &mut gradients, bound);
                 }
@@ -911,7 +918,14 @@ impl<'a> Trainer<'a> {
         B: AutodiffBackend,
         T: Task<B>,
     {
+        let log_memory = self.config.logging.memory_every.is_some();
+        if log_memory {
+            tel.memory(st.step, "Before Validation")?;
+        }
         let metrics = task.validate(&model.valid(), device);
+        if log_memory {
+            tel.memory(st.step, "After Validation")?;
+        }
         let value = *metrics.get(&selection.metric).ok_or_else(|| TrainError::MissingMetric {
             metric: selection.metric.clone(),
             available: metrics.keys().cloned().collect::<Vec<_>>().join(", "),

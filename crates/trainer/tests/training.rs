@@ -293,3 +293,30 @@ fn tensorboard_python_reader_parses_event_files() {
     assert_eq!(tb_losses, losses);
     assert_eq!(parsed.iter().filter(|(_, t, _)| t == "val/val_loss").count(), 2);
 }
+
+#[test]
+fn memory_is_logged_around_steps_and_validations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = toy_config(dir.path());
+    c.training.max_steps = Some(20);
+    c.training.val_every = Some(10);
+    c.logging.memory_every = Some(10);
+    train(&c);
+    let points: Vec<(u64, String)> = events(dir.path(), "memory")
+        .iter()
+        .map(|e| (e["step"].as_u64().unwrap(), e["point"].as_str().unwrap().to_string()))
+        .collect();
+    let expected: Vec<(u64, String)> = [10, 20]
+        .iter()
+        .flat_map(|&s| {
+            ["Before Forward", "After Backward", "Before Validation", "After Validation"].map(|p| (s, p.to_string()))
+        })
+        .collect();
+    assert_eq!(points, expected);
+    let first = &events(dir.path(), "memory")[0];
+    assert!(first["rss_bytes"].as_u64().unwrap() > 1 << 20);
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        let kib: u64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(first["total_bytes"].as_u64(), Some(kib * 1024), "MemTotal from /proc/meminfo");
+    }
+}
