@@ -131,6 +131,15 @@ pub struct CommonArgs {
     /// `spike_guard.grad_norm_patience` (seed 004 `grad_spike_patience`).
     #[arg(long, value_name = "STEPS")]
     pub grad_spike_patience: Option<u64>,
+    /// `ema.enabled: true`: keep an exponential moving average of the weights.
+    #[arg(long)]
+    pub model_ema: bool,
+    /// `ema.decay` (also enables the EMA).
+    #[arg(long, visible_alias = "model-ema-decay", value_name = "DECAY")]
+    pub ema_decay: Option<f64>,
+    /// `ema.warmup: true`: timm's decay warm-up (also enables the EMA).
+    #[arg(long)]
+    pub model_ema_warmup: bool,
     /// `debug.detect_anomaly: true`: check every loss component for NaN/Inf at every step.
     #[arg(long)]
     pub detect_anomaly: bool,
@@ -225,6 +234,15 @@ impl CommonArgs {
         }
         if let Some(n) = self.grad_spike_patience {
             put("spike_guard.grad_norm_patience", Value::from(n));
+        }
+        if let Some(d) = self.ema_decay {
+            put("ema.decay", Value::from(d));
+        }
+        if self.model_ema_warmup {
+            put("ema.warmup", Value::from(true));
+        }
+        if self.model_ema || self.ema_decay.is_some() || self.model_ema_warmup {
+            put("ema.enabled", Value::from(true));
         }
         if self.detect_anomaly {
             put("debug.detect_anomaly", Value::from(true));

@@ -17,6 +17,7 @@ use checkpoints::RetentionConfig;
 
 use crate::backend::DeviceSpec;
 use crate::early_stopping::EarlyStoppingConfig;
+use crate::ema::EmaConfig;
 use crate::spike_guard::SpikeGuardConfig;
 
 /// Prefix of environment variables that set configuration keys.
@@ -52,6 +53,8 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub early_stopping: EarlyStoppingConfig,
     /// When a diverging run is aborted.
     pub spike_guard: SpikeGuardConfig,
+    /// Moving average of the weights.
+    pub ema: EmaConfig,
     /// Where to resume from.
     pub resume: ResumeConfig,
     /// The stage's model section.
@@ -76,6 +79,7 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             checkpoint: RetentionConfig::default(),
             early_stopping: EarlyStoppingConfig::default(),
             spike_guard: SpikeGuardConfig::default(),
+            ema: EmaConfig::default(),
             resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
@@ -455,6 +459,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         }
         self.early_stopping.validate(p);
         self.spike_guard.validate(p);
+        self.ema.validate(p);
         if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
             p.push(problem(
                 "early_stopping.restore_best_weights",

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod early_stopping;
+pub mod ema;
 pub mod grads;
 pub mod interrupt;
 pub mod schedule;

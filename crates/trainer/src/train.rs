@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::config::{DebugConfig, LoggingConfig, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig};
 use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
+use crate::ema::{Ema, EmaConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
@@ -121,6 +122,8 @@ pub struct LoopConfig<'a> {
     pub early_stopping: &'a EarlyStoppingConfig,
     /// Gradient and loss spike guards.
     pub spike_guard: &'a SpikeGuardConfig,
+    /// Moving average of the weights.
+    pub ema: &'a EmaConfig,
     /// Where to resume from.
     pub resume: &'a ResumeConfig,
     /// Where telemetry and checkpoints go.
@@ -141,6 +144,7 @@ impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
             checkpoint: &self.checkpoint,
             early_stopping: &self.early_stopping,
             spike_guard: &self.spike_guard,
+            ema: &self.ema,
             resume: &self.resume,
             run_dir: &self.output_dir,
             config_hash: self.config_hash(),
@@ -299,6 +303,9 @@ struct SavedState {
     schedule: serde_json::Value,
     /// No loss scaling in f32 runs.
     loss_scaler: Option<serde_json::Value>,
+    /// Updates folded into the EMA (its weights are the `ema.*` tensors).
+    #[serde(default)]
+    ema_updates: Option<u64>,
 }
 
 /// Model initialisation seeds a process-global backend RNG; runs in one process (tests)
@@ -352,6 +359,10 @@ fn weights_file<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, meta: Meta)
 }
 
 const PARAM_IDS: &str = "trainyard.param_ids";
+/// Prefix of the EMA's tensors inside a resume bundle.
+const EMA_PREFIX: &str = "ema.";
+/// Weights-only export of the EMA, refreshed at every save.
+const EMA_EXPORT: &str = "model_ema.safetensors";
 const OPTIMIZER_BLOB: &str = "optimizer";
 const STATE_BLOB: &str = "trainer";
 
@@ -556,6 +567,8 @@ impl<'a> Trainer<'a> {
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
         let mut validated_at = None;
         let mut counters = None;
+        let mut saved_ema = None;
+        let mut ema_updates = None;
         if let Some((path, file)) = &mut source {
             let bad = |reason: String| CheckpointError::Incompatible { path: path.clone(), reason };
             let ids: BTreeMap<String, String> = file
@@ -565,7 +578,18 @@ impl<'a> Trainer<'a> {
                 .transpose()
                 .map_err(|e| bad(format!("bad parameter ids: {e}")))?
                 .ok_or_else(|| bad("no parameter ids".into()))?;
-            model = checkpoints::module::load_weights(model, std::mem::take(&mut file.tensors), Some(&ids), path)?;
+            let (ema_tensors, weights): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut file.tensors).into_iter().partition(|t| t.name.starts_with(EMA_PREFIX));
+            model = checkpoints::module::load_weights(model, weights, Some(&ids), path)?;
+            saved_ema = Some(
+                ema_tensors
+                    .into_iter()
+                    .map(|mut t| {
+                        t.name = t.name[EMA_PREFIX.len()..].to_string();
+                        t
+                    })
+                    .collect::<Vec<_>>(),
+            );
             let blob =
                 |name: &str| file.blobs.get(name).ok_or_else(|| bad(format!("no {name} state in the checkpoint")));
             let record = recorder
@@ -585,6 +609,7 @@ impl<'a> Trainer<'a> {
                 position: saved.position,
                 best: saved.best.map(|(s, v)| (s, v.0)),
             };
+            ema_updates = saved.ema_updates;
             first_loss = saved.first_loss.0;
             last_loss = saved.last_loss.0;
             validated_at = saved.validated_at;
@@ -599,6 +624,17 @@ impl<'a> Trainer<'a> {
             source.as_ref().map(|(p, _)| p.clone()),
         )?
         .with_save_delay(Duration::from_millis(cfg.debug.save_delay_ms));
+
+        let mut ema = if cfg.ema.enabled {
+            let mut e = Ema::<B, T::Model>::new(cfg.ema.clone(), &model);
+            if let (Some((path, _)), Some(tensors), Some(updates)) = (&source, saved_ema.take(), ema_updates) {
+                e.average = checkpoints::module::load_weights(model.valid(), tensors, None, path)?;
+                e.updates = updates;
+            }
+            Some(e)
+        } else {
+            None
+        };
 
         let mut tel = Telemetry::create(cfg.run_dir, cfg.logging, total_steps, counters)?;
         match &source {
@@ -657,6 +693,7 @@ impl<'a> Trainer<'a> {
                     rng: json!({"scheme": "data order from (seed, epoch); backend reseeded from (seed, step)", "seed": cfg.seed}),
                     schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
                     loss_scaler: None,
+                    ema_updates: ema.as_ref().map(|e| e.updates),
                 };
                 let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
                 let meta = |kind| Meta {
@@ -676,10 +713,23 @@ impl<'a> Trainer<'a> {
                         let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
                         file.blobs.insert(OPTIMIZER_BLOB.into(), record);
                         file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
+                        if let Some(e) = &ema {
+                            let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(&e.average);
+                            file.tensors.extend(tensors.into_iter().map(|mut t| {
+                                t.name = format!("{EMA_PREFIX}{}", t.name);
+                                t
+                            }));
+                        }
                         file
                     },
                     || weights_file::<B, T::Model>(&model, meta(Kind::Weights)),
                 )?;
+                if let Some(e) = &ema {
+                    let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(&e.average);
+                    let export = cfg.run_dir.join("checkpoints").join(EMA_EXPORT);
+                    CheckpointFile { meta: meta(Kind::Weights), tensors, blobs: BTreeMap::new(), extra: BTreeMap::new() }
+                        .write(&export, || {})?;
+                }
                 let reasons: Vec<&str> = triggers
                     .iter()
                     .map(|t| match t {
@@ -773,6 +823,9 @@ impl<'a> Trainer<'a> {
                 model = optim.step(lr, model, gradients);
                 st.step += 1;
                 st.position += window.len();
+                if let Some(e) = &mut ema {
+                    e.update(st.step, &model);
+                }
                 B::sync(device).ok();
                 if first_loss.is_nan() {
                     first_loss = loss_sum;
@@ -803,7 +856,16 @@ impl<'a> Trainer<'a> {
                     st.step >= total_steps || (epoch_done && t.epochs.is_some_and(|e| st.epoch + 1 >= e));
                 // The final weights are always evaluated, so the best model is never stale.
                 if !aborted && (validate_now || (out_of_budget && interrupted.is_none())) {
-                    let (value, is_best, s) = self.validate(task, &model, device, &mut tel, &mut st, lr, &selection)?;
+                    let (value, is_best, s) = self.validate(
+                        task,
+                        &model,
+                        ema.as_ref().filter(|_| cfg.ema.validate).map(|e| &e.average),
+                        device,
+                        &mut tel,
+                        &mut st,
+                        lr,
+                        &selection,
+                    )?;
                     validated_at = Some(st.step);
                     triggers.push(Trigger::Validation { value, is_best });
                     stop = stop.or(s);
@@ -908,6 +970,7 @@ impl<'a> Trainer<'a> {
         &mut self,
         task: &T,
         model: &T::Model,
+        ema: Option<&<T::Model as AutodiffModule<B>>::InnerModule>,
         device: &B::Device,
         tel: &mut Telemetry,
         st: &mut LoopState,
@@ -922,7 +985,11 @@ impl<'a> Trainer<'a> {
         if log_memory {
             tel.memory(st.step, "Before Validation")?;
         }
-        let metrics = task.validate(&model.valid(), device);
+        let mut metrics = task.validate(&model.valid(), device);
+        if let Some(average) = ema {
+            let ema_metrics = task.validate(average, device);
+            metrics.extend(ema_metrics.into_iter().map(|(k, v)| (format!("ema_{k}"), v)));
+        }
         if log_memory {
             tel.memory(st.step, "After Validation")?;
         }
