@@ -140,6 +140,15 @@ pub struct CommonArgs {
     /// `ema.warmup: true`: timm's decay warm-up (also enables the EMA).
     #[arg(long)]
     pub model_ema_warmup: bool,
+    /// `swa.enabled: true`: stochastic weight averaging.
+    #[arg(long)]
+    pub swa: bool,
+    /// `swa.swa_lr` (also enables SWA).
+    #[arg(long, value_name = "LR")]
+    pub swa_lr: Option<f64>,
+    /// `swa.start`: fraction of the run (0.8) or a step number (also enables SWA).
+    #[arg(long, value_name = "FRACTION|STEP")]
+    pub swa_start: Option<f64>,
     /// `debug.detect_anomaly: true`: check every loss component for NaN/Inf at every step.
     #[arg(long)]
     pub detect_anomaly: bool,
@@ -243,6 +252,15 @@ impl CommonArgs {
         }
         if self.model_ema || self.ema_decay.is_some() || self.model_ema_warmup {
             put("ema.enabled", Value::from(true));
+        }
+        if let Some(lr) = self.swa_lr {
+            put("swa.swa_lr", Value::from(lr));
+        }
+        if let Some(start) = self.swa_start {
+            put("swa.start", Value::from(start));
+        }
+        if self.swa || self.swa_lr.is_some() || self.swa_start.is_some() {
+            put("swa.enabled", Value::from(true));
         }
         if self.detect_anomaly {
             put("debug.detect_anomaly", Value::from(true));

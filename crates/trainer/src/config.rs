@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use checkpoints::RetentionConfig;
 
+use crate::averaging::{EmaConfig, SwaConfig};
 use crate::backend::DeviceSpec;
 use crate::early_stopping::EarlyStoppingConfig;
-use crate::ema::EmaConfig;
 use crate::spike_guard::SpikeGuardConfig;
 
 /// Prefix of environment variables that set configuration keys.
@@ -55,6 +55,8 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub spike_guard: SpikeGuardConfig,
     /// Moving average of the weights.
     pub ema: EmaConfig,
+    /// Stochastic weight averaging.
+    pub swa: SwaConfig,
     /// Where to resume from.
     pub resume: ResumeConfig,
     /// The stage's model section.
@@ -80,6 +82,7 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             early_stopping: EarlyStoppingConfig::default(),
             spike_guard: SpikeGuardConfig::default(),
             ema: EmaConfig::default(),
+            swa: SwaConfig::default(),
             resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
@@ -460,6 +463,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         self.early_stopping.validate(p);
         self.spike_guard.validate(p);
         self.ema.validate(p);
+        self.swa.validate(p);
         if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
             p.push(problem(
                 "early_stopping.restore_best_weights",

@@ -5,11 +5,11 @@
 //! A stage binary implements [`cli::Stage`] and calls [`cli::main`]; library users can drive
 //! [`train::Trainer`] directly with a [`task::Task`].
 
+pub mod averaging;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod early_stopping;
-pub mod ema;
 pub mod grads;
 pub mod interrupt;
 pub mod schedule;

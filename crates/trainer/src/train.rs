@@ -24,9 +24,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::averaging::{Ema, EmaConfig, Swa, SwaConfig};
 use crate::config::{DebugConfig, LoggingConfig, OnMismatch, OptimizerConfig, ResumeConfig, RunConfig, TrainingConfig};
 use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
-use crate::ema::{Ema, EmaConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::schedule::LrSchedule;
@@ -124,6 +124,8 @@ pub struct LoopConfig<'a> {
     pub spike_guard: &'a SpikeGuardConfig,
     /// Moving average of the weights.
     pub ema: &'a EmaConfig,
+    /// Stochastic weight averaging.
+    pub swa: &'a SwaConfig,
     /// Where to resume from.
     pub resume: &'a ResumeConfig,
     /// Where telemetry and checkpoints go.
@@ -145,6 +147,7 @@ impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
             early_stopping: &self.early_stopping,
             spike_guard: &self.spike_guard,
             ema: &self.ema,
+            swa: &self.swa,
             resume: &self.resume,
             run_dir: &self.output_dir,
             config_hash: self.config_hash(),
@@ -306,6 +309,9 @@ struct SavedState {
     /// Updates folded into the EMA (its weights are the `ema.*` tensors).
     #[serde(default)]
     ema_updates: Option<u64>,
+    /// Weights averaged by SWA (its average is the `swa.*` tensors).
+    #[serde(default)]
+    swa_updates: Option<u64>,
 }
 
 /// Model initialisation seeds a process-global backend RNG; runs in one process (tests)
@@ -363,6 +369,10 @@ const PARAM_IDS: &str = "trainyard.param_ids";
 const EMA_PREFIX: &str = "ema.";
 /// Weights-only export of the EMA, refreshed at every save.
 const EMA_EXPORT: &str = "model_ema.safetensors";
+/// Prefix of the SWA average's tensors inside a resume bundle.
+const SWA_PREFIX: &str = "swa.";
+/// Weights-only export of the SWA average, refreshed at every save once averaging started.
+const SWA_EXPORT: &str = "model_swa.safetensors";
 const OPTIMIZER_BLOB: &str = "optimizer";
 const STATE_BLOB: &str = "trainer";
 
@@ -435,6 +445,17 @@ fn report_decision(
     }
     tel.event("stop_requested", json!({"step": step, "policy": name, "reason": reason}))?;
     Ok(Some(StopReason::Requested { policy: name, reason }))
+}
+
+/// The non-autodiff model type of task `T`.
+type InnerModel<B, T> = <<T as Task<B>>::Model as AutodiffModule<B>>::InnerModule;
+
+/// A weight average evaluated next to the model at validation.
+enum Average<'m, M> {
+    /// Has weights to evaluate.
+    Ready(&'m M),
+    /// Configured but not updated yet: its metrics are reported as NaN.
+    Pending,
 }
 
 /// Runs a task under a loop configuration.
@@ -567,8 +588,8 @@ impl<'a> Trainer<'a> {
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
         let mut validated_at = None;
         let mut counters = None;
-        let mut saved_ema = None;
-        let mut ema_updates = None;
+        let (mut saved_ema, mut saved_swa) = (Vec::new(), Vec::new());
+        let (mut ema_updates, mut swa_updates) = (None, None);
         if let Some((path, file)) = &mut source {
             let bad = |reason: String| CheckpointError::Incompatible { path: path.clone(), reason };
             let ids: BTreeMap<String, String> = file
@@ -578,18 +599,19 @@ impl<'a> Trainer<'a> {
                 .transpose()
                 .map_err(|e| bad(format!("bad parameter ids: {e}")))?
                 .ok_or_else(|| bad("no parameter ids".into()))?;
-            let (ema_tensors, weights): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut file.tensors).into_iter().partition(|t| t.name.starts_with(EMA_PREFIX));
+            let mut weights = Vec::new();
+            for mut t in std::mem::take(&mut file.tensors) {
+                if let Some(name) = t.name.strip_prefix(EMA_PREFIX) {
+                    t.name = name.to_string();
+                    saved_ema.push(t);
+                } else if let Some(name) = t.name.strip_prefix(SWA_PREFIX) {
+                    t.name = name.to_string();
+                    saved_swa.push(t);
+                } else {
+                    weights.push(t);
+                }
+            }
             model = checkpoints::module::load_weights(model, weights, Some(&ids), path)?;
-            saved_ema = Some(
-                ema_tensors
-                    .into_iter()
-                    .map(|mut t| {
-                        t.name = t.name[EMA_PREFIX.len()..].to_string();
-                        t
-                    })
-                    .collect::<Vec<_>>(),
-            );
             let blob =
                 |name: &str| file.blobs.get(name).ok_or_else(|| bad(format!("no {name} state in the checkpoint")));
             let record = recorder
@@ -610,6 +632,7 @@ impl<'a> Trainer<'a> {
                 best: saved.best.map(|(s, v)| (s, v.0)),
             };
             ema_updates = saved.ema_updates;
+            swa_updates = saved.swa_updates;
             first_loss = saved.first_loss.0;
             last_loss = saved.last_loss.0;
             validated_at = saved.validated_at;
@@ -627,11 +650,24 @@ impl<'a> Trainer<'a> {
 
         let mut ema = if cfg.ema.enabled {
             let mut e = Ema::<B, T::Model>::new(cfg.ema.clone(), &model);
-            if let (Some((path, _)), Some(tensors), Some(updates)) = (&source, saved_ema.take(), ema_updates) {
-                e.average = checkpoints::module::load_weights(model.valid(), tensors, None, path)?;
+            if let (Some((path, _)), Some(updates)) = (&source, ema_updates) {
+                e.average =
+                    checkpoints::module::load_weights(model.valid(), std::mem::take(&mut saved_ema), None, path)?;
                 e.updates = updates;
             }
             Some(e)
+        } else {
+            None
+        };
+        let swa_start = cfg.swa.start_step(total_steps);
+        let mut swa = if cfg.swa.enabled {
+            let mut w = Swa::<B, T::Model>::new(&model);
+            if let (Some((path, _)), Some(updates)) = (&source, swa_updates) {
+                w.average =
+                    checkpoints::module::load_weights(model.valid(), std::mem::take(&mut saved_swa), None, path)?;
+                w.updates = updates;
+            }
+            Some(w)
         } else {
             None
         };
@@ -694,6 +730,7 @@ impl<'a> Trainer<'a> {
                     schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
                     loss_scaler: None,
                     ema_updates: ema.as_ref().map(|e| e.updates),
+                    swa_updates: swa.as_ref().map(|w| w.updates),
                 };
                 let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
                 let meta = |kind| Meta {
@@ -713,22 +750,34 @@ impl<'a> Trainer<'a> {
                         let record = recorder.record(optim.to_record(), ()).expect("optimizer state serialises");
                         file.blobs.insert(OPTIMIZER_BLOB.into(), record);
                         file.blobs.insert(STATE_BLOB.into(), serde_json::to_vec(&saved).expect("state serialises"));
-                        if let Some(e) = &ema {
-                            let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(&e.average);
-                            file.tensors.extend(tensors.into_iter().map(|mut t| {
-                                t.name = format!("{EMA_PREFIX}{}", t.name);
-                                t
-                            }));
+                        let averages = [
+                            (EMA_PREFIX, ema.as_ref().map(|e| &e.average)),
+                            (SWA_PREFIX, swa.as_ref().map(|w| &w.average)),
+                        ];
+                        for (prefix, average) in averages {
+                            if let Some(average) = average {
+                                let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(average);
+                                file.tensors.extend(tensors.into_iter().map(|mut t| {
+                                    t.name = format!("{prefix}{}", t.name);
+                                    t
+                                }));
+                            }
                         }
                         file
                     },
                     || weights_file::<B, T::Model>(&model, meta(Kind::Weights)),
                 )?;
-                if let Some(e) = &ema {
-                    let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(&e.average);
-                    let export = cfg.run_dir.join("checkpoints").join(EMA_EXPORT);
-                    CheckpointFile { meta: meta(Kind::Weights), tensors, blobs: BTreeMap::new(), extra: BTreeMap::new() }
-                        .write(&export, || {})?;
+                let exports = [
+                    (EMA_EXPORT, ema.as_ref().map(|e| &e.average)),
+                    (SWA_EXPORT, swa.as_ref().filter(|w| w.updates > 0).map(|w| &w.average)),
+                ];
+                for (name, average) in exports {
+                    if let Some(average) = average {
+                        let (tensors, _) = checkpoints::module::weights_of::<B::InnerBackend, _>(average);
+                        let export = cfg.run_dir.join("checkpoints").join(name);
+                        CheckpointFile { meta: meta(Kind::Weights), tensors, blobs: BTreeMap::new(), extra: BTreeMap::new() }
+                            .write(&export, || {})?;
+                    }
                 }
                 let reasons: Vec<&str> = triggers
                     .iter()
@@ -819,7 +868,10 @@ impl<'a> Trainer<'a> {
                         checkpoint: report.written.first().cloned(),
                     });
                 }
-                let lr = schedule.lr_at(st.step);
+                let lr = swa
+                    .as_ref()
+                    .and_then(|_| cfg.swa.lr_at(st.step, swa_start, schedule.lr_at(swa_start.saturating_sub(1))))
+                    .unwrap_or_else(|| schedule.lr_at(st.step));
                 model = optim.step(lr, model, gradients);
                 st.step += 1;
                 st.position += window.len();
@@ -850,6 +902,12 @@ impl<'a> Trainer<'a> {
                 )?;
                 let aborted = matches!(stop, Some(StopReason::Aborted { .. }));
                 let epoch_done = st.position >= batches.len();
+                if let Some(w) = &mut swa
+                    && st.step >= swa_start
+                    && cfg.swa.update_every.map_or(epoch_done, |n| (st.step - swa_start).is_multiple_of(n))
+                {
+                    w.update(&model);
+                }
                 let validate_now = t.val_every.map_or(epoch_done, |every| st.step.is_multiple_of(every));
                 let interrupted = self.interrupts.received();
                 let out_of_budget =
@@ -859,7 +917,15 @@ impl<'a> Trainer<'a> {
                     let (value, is_best, s) = self.validate(
                         task,
                         &model,
-                        ema.as_ref().filter(|_| cfg.ema.validate).map(|e| &e.average),
+                        &[
+                            ema.as_ref().filter(|_| cfg.ema.validate).map(|e| ("ema_", Average::Ready(&e.average))),
+                            swa.as_ref().filter(|_| cfg.swa.validate).map(|w| {
+                                ("swa_", if w.updates > 0 { Average::Ready(&w.average) } else { Average::Pending })
+                            }),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>(),
                         device,
                         &mut tel,
                         &mut st,
@@ -970,7 +1036,7 @@ impl<'a> Trainer<'a> {
         &mut self,
         task: &T,
         model: &T::Model,
-        ema: Option<&<T::Model as AutodiffModule<B>>::InnerModule>,
+        averages: &[(&str, Average<'_, InnerModel<B, T>>)],
         device: &B::Device,
         tel: &mut Telemetry,
         st: &mut LoopState,
@@ -986,9 +1052,17 @@ impl<'a> Trainer<'a> {
             tel.memory(st.step, "Before Validation")?;
         }
         let mut metrics = task.validate(&model.valid(), device);
-        if let Some(average) = ema {
-            let ema_metrics = task.validate(average, device);
-            metrics.extend(ema_metrics.into_iter().map(|(k, v)| (format!("ema_{k}"), v)));
+        // Averages are evaluated next to the model (`ema_*`, `swa_*`); one that has no
+        // update yet reports NaN, so every validation has the same columns.
+        let base: Vec<String> = metrics.keys().cloned().collect();
+        for (prefix, average) in averages {
+            match average {
+                Average::Ready(average) => {
+                    let m = task.validate(average, device);
+                    metrics.extend(m.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+                }
+                Average::Pending => metrics.extend(base.iter().map(|k| (format!("{prefix}{k}"), f64::NAN))),
+            }
         }
         if log_memory {
             tel.memory(st.step, "After Validation")?;
