@@ -63,6 +63,14 @@ pub enum TrainError {
         /// The checkpoint written before stopping.
         checkpoint: Option<PathBuf>,
     },
+    /// The backend reported an execution error (device lost, out of memory, ...).
+    #[error("the device failed at optimizer step {step}: {message}")]
+    Device {
+        /// Optimizer step just completed.
+        step: u64,
+        /// The backend's message.
+        message: String,
+    },
     /// Validation did not return the metric that selects the best model.
     #[error(
         "validation returned no metric `{metric}` (it returned: {available}); the task selects the best model by it"
@@ -878,7 +886,9 @@ impl<'a> Trainer<'a> {
                 if let Some(e) = &mut ema {
                     e.update(st.step, &model);
                 }
-                B::sync(device).ok();
+                // A device failure (lost device, out of memory on a GPU backend) surfaces here
+                // as an error, not as silently wrong numbers later.
+                B::sync(device).map_err(|e| TrainError::Device { step: st.step, message: e.to_string() })?;
                 if first_loss.is_nan() {
                     first_loss = loss_sum;
                 }
