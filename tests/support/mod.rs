@@ -47,3 +47,60 @@ pub fn weights<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<f32> 
     model.visit(&mut c);
     c.0
 }
+
+/// What a test changes around the toy task (see [`HookedToy`]).
+pub trait ToyHooks {
+    /// Sees (and may change) each micro-batch's output, in order.
+    fn train_step(&self, _out: &mut trainer::StepOutput<trainer::backend::CpuBackend>) {}
+    /// Sees (and may replace) each validation's metrics.
+    fn validate(&self, metrics: trainer::Metrics) -> trainer::Metrics {
+        metrics
+    }
+}
+
+/// The toy task with test hooks around its training step and validation.
+pub struct HookedToy<H> {
+    /// The real toy task.
+    pub inner: trainer::toy::ToyTask,
+    /// The test's hooks.
+    pub hooks: H,
+}
+
+mod hooked {
+    use burn::backend::flex::FlexDevice;
+    use trainer::backend::CpuBackend as B;
+    use trainer::toy::{Mlp, ToyBatch, ToyTask};
+    use trainer::{Metrics, Selection, StepOutput, Task};
+
+    use super::{HookedToy, ToyHooks};
+
+    type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+
+    impl<H: ToyHooks> Task<B> for HookedToy<H> {
+        type Model = Mlp<B>;
+        type Batch = ToyBatch<B>;
+        fn build_model(&self, device: &FlexDevice) -> Mlp<B> {
+            <ToyTask as Task<B>>::build_model(&self.inner, device)
+        }
+        fn train_len(&self) -> usize {
+            <ToyTask as Task<B>>::train_len(&self.inner)
+        }
+        fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> ToyBatch<B> {
+            <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
+        }
+        fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
+            let mut out = <ToyTask as Task<B>>::train_step(&self.inner, model, batch);
+            self.hooks.train_step(&mut out);
+            out
+        }
+        fn validate(&self, model: &Mlp<Inner>, device: &FlexDevice) -> Metrics {
+            self.hooks.validate(<ToyTask as Task<B>>::validate(&self.inner, model, device))
+        }
+        fn selection(&self) -> Selection {
+            <ToyTask as Task<B>>::selection(&self.inner)
+        }
+        fn dataset_id(&self) -> String {
+            <ToyTask as Task<B>>::dataset_id(&self.inner)
+        }
+    }
+}

@@ -4,57 +4,34 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use burn::backend::flex::FlexDevice;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode};
 use trainer::interrupt::{Interrupts, Signal};
-use trainer::toy::{Mlp, ToyBatch, ToyConfig, ToyTask};
-use trainer::{Metrics, Selection, StepOutput, StopReason, Task, Trainer};
+use trainer::toy::{Mlp, ToyConfig, ToyTask};
+use trainer::{Metrics, StopReason, Trainer};
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
 type B = CpuBackend;
-type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
-/// The toy task whose `val_loss` follows a script (one value per validation, starting at
-/// `offset`), optionally raising an interrupt right after validation number `interrupt_after`.
+/// Replaces the toy's `val_loss` by a script (one value per validation, starting at
+/// `next`), optionally raising an interrupt right after validation number `interrupt_after`.
 struct Scripted {
-    inner: ToyTask,
     script: Vec<f64>,
     next: Cell<usize>,
     interrupt_after: Option<usize>,
     interrupts: Interrupts,
 }
 
-impl Task<B> for Scripted {
-    type Model = Mlp<B>;
-    type Batch = ToyBatch<B>;
-    fn build_model(&self, device: &FlexDevice) -> Mlp<B> {
-        <ToyTask as Task<B>>::build_model(&self.inner, device)
-    }
-    fn train_len(&self) -> usize {
-        <ToyTask as Task<B>>::train_len(&self.inner)
-    }
-    fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> ToyBatch<B> {
-        <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
-    }
-    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
-        <ToyTask as Task<B>>::train_step(&self.inner, model, batch)
-    }
-    fn validate(&self, _: &Mlp<Inner>, _: &FlexDevice) -> Metrics {
+impl support::ToyHooks for Scripted {
+    fn validate(&self, _: Metrics) -> Metrics {
         let i = self.next.get();
         self.next.set(i + 1);
         if Some(i + 1) == self.interrupt_after {
             self.interrupts.request(Signal::Interrupt);
         }
         Metrics::from([("val_loss".to_string(), self.script[i])])
-    }
-    fn selection(&self) -> Selection {
-        <ToyTask as Task<B>>::selection(&self.inner)
-    }
-    fn dataset_id(&self) -> String {
-        <ToyTask as Task<B>>::dataset_id(&self.inner)
     }
 }
 
@@ -71,12 +48,14 @@ fn config(dir: &Path) -> ToyConfig {
 
 fn run(c: &ToyConfig, script: &[f64], offset: usize, interrupt_after: Option<usize>) -> trainer::RunSummary<Mlp<B>> {
     let interrupts = Interrupts::none();
-    let task = Scripted {
+    let task = support::HookedToy {
         inner: ToyTask::new(c),
-        script: script.to_vec(),
-        next: Cell::new(offset),
-        interrupt_after,
-        interrupts: interrupts.clone(),
+        hooks: Scripted {
+            script: script.to_vec(),
+            next: Cell::new(offset),
+            interrupt_after,
+            interrupts: interrupts.clone(),
+        },
     };
     Trainer::new(c.loop_config()).interrupts(interrupts).run::<B, _>(&task, &Default::default()).unwrap()
 }

@@ -5,18 +5,16 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use burn::backend::flex::FlexDevice;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode};
 use trainer::interrupt::{Interrupts, Signal};
-use trainer::toy::{Mlp, ToyBatch, ToyConfig, ToyTask};
-use trainer::{Metrics, Selection, StepOutput, StopReason, Task, TrainError, Trainer};
+use trainer::toy::{Mlp, ToyConfig, ToyTask};
+use trainer::{StepOutput, StopReason, Task, TrainError, Trainer};
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
 type B = CpuBackend;
-type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
 #[derive(Clone, Copy)]
 enum Fault {
@@ -28,10 +26,9 @@ enum Fault {
     NanComponent,
 }
 
-/// The toy task with `fault` from micro-batch `from` on (counted from `seen`'s start), and
-/// an optional interrupt while computing micro-batch `interrupt_at`.
+/// Injects `fault` from micro-batch `from` on (counted from `seen`'s start), and raises an
+/// interrupt while micro-batch `interrupt_at` is computed.
 struct Faulty {
-    inner: ToyTask,
     fault: Fault,
     from: usize,
     seen: Cell<usize>,
@@ -39,44 +36,22 @@ struct Faulty {
     interrupts: Interrupts,
 }
 
-impl Task<B> for Faulty {
-    type Model = Mlp<B>;
-    type Batch = ToyBatch<B>;
-    fn build_model(&self, device: &FlexDevice) -> Mlp<B> {
-        <ToyTask as Task<B>>::build_model(&self.inner, device)
-    }
-    fn train_len(&self) -> usize {
-        <ToyTask as Task<B>>::train_len(&self.inner)
-    }
-    fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> ToyBatch<B> {
-        <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
-    }
-    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
+impl support::ToyHooks for Faulty {
+    fn train_step(&self, out: &mut StepOutput<B>) {
         let i = self.seen.get();
         self.seen.set(i + 1);
         if Some(i) == self.interrupt_at {
             self.interrupts.request(Signal::Interrupt);
         }
-        let mut out = <ToyTask as Task<B>>::train_step(&self.inner, model, batch);
         if i >= self.from {
             match self.fault {
-                Fault::ScaleLoss(k) => out.loss = out.loss.mul_scalar(k),
-                Fault::NanLoss => out.loss = out.loss.mul_scalar(f64::NAN),
+                Fault::ScaleLoss(k) => out.loss = out.loss.clone().mul_scalar(k),
+                Fault::NanLoss => out.loss = out.loss.clone().mul_scalar(f64::NAN),
                 Fault::NanComponent => {
                     out.metrics.insert("bad".into(), f64::NAN);
                 }
             }
         }
-        out
-    }
-    fn validate(&self, model: &Mlp<Inner>, device: &FlexDevice) -> Metrics {
-        <ToyTask as Task<B>>::validate(&self.inner, model, device)
-    }
-    fn selection(&self) -> Selection {
-        <ToyTask as Task<B>>::selection(&self.inner)
-    }
-    fn dataset_id(&self) -> String {
-        <ToyTask as Task<B>>::dataset_id(&self.inner)
     }
 }
 
@@ -97,13 +72,9 @@ fn run(
     interrupt_at: Option<usize>,
 ) -> Result<trainer::RunSummary<Mlp<B>>, TrainError> {
     let interrupts = Interrupts::none();
-    let task = Faulty {
+    let task = support::HookedToy {
         inner: ToyTask::new(c),
-        fault,
-        from,
-        seen: Cell::new(offset),
-        interrupt_at,
-        interrupts: interrupts.clone(),
+        hooks: Faulty { fault, from, seen: Cell::new(offset), interrupt_at, interrupts: interrupts.clone() },
     };
     Trainer::new(c.loop_config()).interrupts(interrupts).run::<B, _>(&task, &Default::default())
 }

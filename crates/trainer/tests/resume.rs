@@ -12,8 +12,8 @@ use serde_json::Value;
 use trainer::backend::CpuBackend;
 use trainer::config::{LoggingConfig, ProgressMode, SchedulerName};
 use trainer::interrupt::{Interrupts, Signal};
-use trainer::toy::{Mlp, ToyBatch, ToyConfig, ToyTask};
-use trainer::{Decision, Metrics, Selection, StepOutput, StopPolicy, StopReason, Task, Trainer, Validation};
+use trainer::toy::{ToyConfig, ToyTask};
+use trainer::{Decision, StepOutput, StopPolicy, StopReason, Trainer, Validation};
 
 type B = CpuBackend;
 
@@ -34,46 +34,20 @@ fn config(dir: &Path, max_steps: u64) -> ToyConfig {
     c
 }
 
-/// The toy task, raising an interrupt while it computes micro-batch number `at` (0-based,
+/// Raises an interrupt while the toy task computes micro-batch number `at` (0-based,
 /// counted over the whole run segment), as a signal arriving mid-step would.
 struct InterruptAt {
-    inner: ToyTask,
     at: Option<usize>,
     seen: Cell<usize>,
     interrupts: Interrupts,
 }
 
-impl Task<B> for InterruptAt {
-    type Model = Mlp<B>;
-    type Batch = ToyBatch<B>;
-    fn build_model(&self, device: &burn::backend::flex::FlexDevice) -> Mlp<B> {
-        <ToyTask as Task<B>>::build_model(&self.inner, device)
-    }
-    fn train_len(&self) -> usize {
-        <ToyTask as Task<B>>::train_len(&self.inner)
-    }
-    fn train_batch(&self, indices: &[usize], device: &burn::backend::flex::FlexDevice) -> ToyBatch<B> {
-        <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
-    }
-    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
+impl support::ToyHooks for InterruptAt {
+    fn train_step(&self, _: &mut StepOutput<B>) {
         if Some(self.seen.get()) == self.at {
             self.interrupts.request(Signal::Interrupt);
         }
         self.seen.set(self.seen.get() + 1);
-        <ToyTask as Task<B>>::train_step(&self.inner, model, batch)
-    }
-    fn validate(
-        &self,
-        model: &Mlp<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>,
-        device: &burn::backend::flex::FlexDevice,
-    ) -> Metrics {
-        <ToyTask as Task<B>>::validate(&self.inner, model, device)
-    }
-    fn selection(&self) -> Selection {
-        <ToyTask as Task<B>>::selection(&self.inner)
-    }
-    fn dataset_id(&self) -> String {
-        <ToyTask as Task<B>>::dataset_id(&self.inner)
     }
 }
 
@@ -126,11 +100,9 @@ struct Segment {
 
 fn run_segment(c: &ToyConfig, interrupt_at_micro: Option<usize>, policy_limit: u64) -> (Segment, Vec<u32>) {
     let interrupts = Interrupts::none();
-    let task = InterruptAt {
+    let task = support::HookedToy {
         inner: ToyTask::new(c),
-        at: interrupt_at_micro,
-        seen: Cell::new(0),
-        interrupts: interrupts.clone(),
+        hooks: InterruptAt { at: interrupt_at_micro, seen: Cell::new(0), interrupts: interrupts.clone() },
     };
     let summary = Trainer::new(c.loop_config())
         .interrupts(interrupts)
