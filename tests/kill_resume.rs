@@ -87,7 +87,8 @@ fn sigkill_at_random_instants_never_loses_more_than_a_save_interval() {
     while kills < 24 {
         attempts += 1;
         assert!(attempts < 200, "too many attempts (seed {seed:#x})");
-        let before = last_losses(&events(&out)).keys().max().copied().unwrap_or(0);
+        let logged = events(&out);
+        let before = last_losses(&logged).keys().max().copied().unwrap_or(0);
         let mut child = toy(&out)
             .arg("--auto-resume")
             // Widen the window between a save's write and its rename, so kills land inside saves.
@@ -126,13 +127,22 @@ fn sigkill_at_random_instants_never_loses_more_than_a_save_interval() {
 
         // The resume of this attempt (if any) started at most one save interval before the
         // last step the previous attempt logged.
+        // Only this attempt's own resume event counts (an attempt killed before it logs one
+        // leaves the previous attempt's as the last in the file).
         let evs = events(&out);
-        if let Some(resume) = evs.iter().rev().find(|e| e["event"] == "resume") {
+        if let Some(resume) = evs.iter().skip(logged.len()).find(|e| e["event"] == "resume") {
             let at = resume["step"].as_u64().unwrap();
-            assert!(
-                at + SAVE_EVERY >= before,
-                "resumed at step {at} after step {before} had been reached (seed {seed:#x})"
-            );
+            if at + SAVE_EVERY < before {
+                let tail: Vec<String> = evs
+                    .iter()
+                    .filter(|e| e["event"] != "train_step" && e["event"] != "memory")
+                    .map(|e| e.to_string())
+                    .collect();
+                panic!(
+                    "resumed at step {at} after step {before} had been reached (seed {seed:#x}); events:\n{}",
+                    tail[tail.len().saturating_sub(12)..].join("\n")
+                );
+            }
         }
         assert!(!finished, "the run finished before 24 kills (seed {seed:#x}); lengthen it");
     }
@@ -157,4 +167,26 @@ fn sigkill_at_random_instants_never_loses_more_than_a_save_interval() {
     let mut names = names;
     names.sort();
     assert_eq!(names, vec!["checkpoint_step_1000.safetensors", "checkpoint_step_995.safetensors"]);
+}
+
+#[test]
+fn a_torn_last_line_does_not_swallow_the_next_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = |steps: &str, resume: bool| {
+        let mut c = support::toy();
+        c.args(["--max-steps", steps, "--set", "logging.progress=off"]).arg("-o").arg(&out);
+        if resume {
+            c.arg("--auto-resume");
+        }
+        assert!(c.status().unwrap().success());
+    };
+    run("12", false);
+    // Simulate a kill in the middle of writing an event.
+    let mut log = std::fs::OpenOptions::new().append(true).open(out.join("training.jsonl")).unwrap();
+    std::io::Write::write_all(&mut log, b"{\"event\":\"train_st").unwrap();
+    drop(log);
+    run("14", true);
+    let resume = events(&out).into_iter().find(|e| e["event"] == "resume").expect("the resume event is readable");
+    assert_eq!(resume["step"], 12);
 }

@@ -107,18 +107,49 @@ fn ci(stage: Option<&str>) -> Result<()> {
 
     let mut test = cargo();
     test.args(["test", "--locked"]).args(&package_args);
-    run(test, "tests")?;
+    let (passed, failed) = run_tests(test)?;
 
-    smoke(stage)
+    let smoked = smoke(stage)?;
+    // One plain closing line for whoever reads the log's end.
+    println!("ci: {} passed, {failed} failed", passed + smoked);
+    Ok(())
 }
 
-fn smoke(stage: Option<&str>) -> Result<()> {
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests(mut cmd: Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let start = Instant::now();
+    eprintln!("xtask: tests: {cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("starting tests")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait().context("waiting for tests")?;
+    eprintln!("xtask: tests took {:.1}s", start.elapsed().as_secs_f64());
+    ensure!(status.success(), "tests failed ({status}): {passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
+
+/// Runs the smoke configs; returns how many stages passed.
+fn smoke(stage: Option<&str>) -> Result<u64> {
     // Build the binaries the way `cargo test --workspace` does (same feature unification,
     // dev-dependencies included), so after the tests this is a no-op instead of a second
     // build of burn's dependency tree with other features.
     let mut build = cargo();
     build.args(["test", "--locked", "--workspace", "--no-run"]);
     run(build, "build stage binaries")?;
+    let mut passed = 0;
     for s in stages(stage)? {
         let out = target_dir().join("smoke").join(s.name);
         if out.exists() {
@@ -129,8 +160,9 @@ fn smoke(stage: Option<&str>) -> Result<()> {
         cmd.args(["--set", "logging.progress=plain"]);
         run(cmd, &format!("smoke {}", s.name))?;
         check_smoke(s, &out)?;
+        passed += 1;
     }
-    Ok(())
+    Ok(passed)
 }
 
 /// Reads the run's own outputs and checks the loss fell by the factor its config states.
@@ -190,7 +222,7 @@ fn bench(filter: Option<&str>) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { stage } => ci(stage.as_deref()),
-        Cmd::Smoke { stage } => smoke(stage.as_deref()),
+        Cmd::Smoke { stage } => smoke(stage.as_deref()).map(drop),
         Cmd::CheckBackends => check_backends(),
         Cmd::Bench { filter } => bench(filter.as_deref()),
     }

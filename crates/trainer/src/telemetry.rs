@@ -127,8 +127,23 @@ impl Telemetry {
         resumed_at: Option<(u64, TelemetryCounters)>,
     ) -> io::Result<Self> {
         let jsonl_path = run_dir.join(JSONL);
-        let jsonl =
+        let mut jsonl =
             OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(|e| io_context(e, &jsonl_path))?;
+        // A process killed mid-line leaves a torn last line; end it so the next event stays
+        // on a line of its own.
+        let len = jsonl.metadata().map_err(|e| io_context(e, &jsonl_path))?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8];
+            let mut reader = File::open(&jsonl_path).map_err(|e| io_context(e, &jsonl_path))?;
+            reader
+                .seek(SeekFrom::End(-1))
+                .and_then(|_| reader.read_exact(&mut last))
+                .map_err(|e| io_context(e, &jsonl_path))?;
+            if last[0] != b'\n' {
+                jsonl.write_all(b"\n").map_err(|e| io_context(e, &jsonl_path))?;
+            }
+        }
         let tb = if logging.tensorboard {
             let dir = run_dir.join(TENSORBOARD_DIR);
             Some(EventWriter::create(&dir).map_err(|e| io_context(e, &dir))?)
