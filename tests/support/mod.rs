@@ -56,6 +56,18 @@ pub trait ToyHooks {
     fn validate(&self, metrics: trainer::Metrics) -> trainer::Metrics {
         metrics
     }
+    /// The stage's OOM knob (see `Task::degrade`).
+    fn degrade(&self) -> Option<String> {
+        None
+    }
+    /// The knob's setting (see `Task::degrade_state`).
+    fn degrade_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores the knob (see `Task::restore_degrade`).
+    fn restore_degrade(&self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The toy task with test hooks around its training step and validation.
@@ -101,6 +113,15 @@ mod hooked {
         }
         fn dataset_id(&self) -> String {
             <ToyTask as Task<B>>::dataset_id(&self.inner)
+        }
+        fn degrade(&self) -> Option<String> {
+            self.hooks.degrade()
+        }
+        fn degrade_state(&self) -> serde_json::Value {
+            self.hooks.degrade_state()
+        }
+        fn restore_degrade(&self, state: &serde_json::Value) -> Result<(), String> {
+            self.hooks.restore_degrade(state)
         }
     }
 }

@@ -55,8 +55,16 @@ enum Cmd {
     },
 }
 
+/// The workspace root: the nearest directory above the current one whose `Cargo.toml` has a
+/// `[workspace]` table. Found at run time, not from the path xtask was compiled at: with a
+/// target directory shared between checkouts, that path can be another checkout's.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+    let start = std::env::current_dir().expect("a current directory");
+    start
+        .ancestors()
+        .find(|d| std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")))
+        .unwrap_or(&start)
+        .to_path_buf()
 }
 
 fn cargo() -> Command {

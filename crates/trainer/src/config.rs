@@ -18,6 +18,7 @@ use checkpoints::RetentionConfig;
 use crate::averaging::{EmaConfig, SwaConfig};
 use crate::backend::DeviceSpec;
 use crate::early_stopping::EarlyStoppingConfig;
+use crate::oom::OomConfig;
 use crate::spike_guard::SpikeGuardConfig;
 
 /// Prefix of environment variables that set configuration keys.
@@ -57,6 +58,8 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub ema: EmaConfig,
     /// Stochastic weight averaging.
     pub swa: SwaConfig,
+    /// Out-of-memory recovery.
+    pub oom: OomConfig,
     /// Where to resume from.
     pub resume: ResumeConfig,
     /// The stage's model section.
@@ -83,6 +86,7 @@ impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
             spike_guard: SpikeGuardConfig::default(),
             ema: EmaConfig::default(),
             swa: SwaConfig::default(),
+            oom: OomConfig::default(),
             resume: ResumeConfig::default(),
             model: M::default(),
             data: D::default(),
@@ -464,6 +468,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         self.spike_guard.validate(p);
         self.ema.validate(p);
         self.swa.validate(p);
+        self.oom.validate(p);
         if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
             p.push(problem(
                 "early_stopping.restore_best_weights",

@@ -12,6 +12,7 @@ pub mod config;
 pub mod early_stopping;
 pub mod grads;
 pub mod interrupt;
+pub mod oom;
 pub mod schedule;
 pub mod spike_guard;
 pub mod task;

@@ -61,6 +61,23 @@ pub trait Task<B: AutodiffBackend> {
     /// is refused on resume.
     fn dataset_id(&self) -> String;
 
+    /// Lowers the stage's memory knob one rung after an out-of-memory (e.g. diffusion timesteps
+    /// by `reduction_step`, not below `min_timesteps`). Returns what it did, or `None` when the
+    /// knob is at its floor (or the stage has none); then the loop splits micro-batches.
+    fn degrade(&self) -> Option<String> {
+        None
+    }
+
+    /// The knob's current setting, saved in checkpoints.
+    fn degrade_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores a setting saved by [`Task::degrade_state`].
+    fn restore_degrade(&self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The training mode (`train`, `distill`, ...); a checkpoint of another mode is refused on resume.
     fn mode(&self) -> String {
         "train".into()

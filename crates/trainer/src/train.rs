@@ -29,6 +29,7 @@ use crate::config::{DebugConfig, LoggingConfig, OnMismatch, OptimizerConfig, Res
 use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
+use crate::oom::{self, OomConfig, OomRung};
 use crate::schedule::LrSchedule;
 use crate::spike_guard::{SpikeGuard, SpikeGuardConfig};
 use crate::task::{Metrics, Selection, Task};
@@ -62,6 +63,17 @@ pub enum TrainError {
         what: String,
         /// The checkpoint written before stopping.
         checkpoint: Option<PathBuf>,
+    },
+    /// Out of memory at the bottom of the degrade ladder (or with `oom.enabled: false`).
+    #[error(
+        "out of memory at optimizer step {step} ({reason}) with nothing left to lower: reduce training.batch_size, \
+         the model size or the stage's memory knob"
+    )]
+    OutOfMemory {
+        /// Optimizer step being computed (1-based).
+        step: u64,
+        /// What reported it.
+        reason: String,
     },
     /// The backend reported an execution error (device lost, out of memory, ...).
     #[error("the device failed at optimizer step {step}: {message}")]
@@ -134,6 +146,8 @@ pub struct LoopConfig<'a> {
     pub ema: &'a EmaConfig,
     /// Stochastic weight averaging.
     pub swa: &'a SwaConfig,
+    /// Out-of-memory recovery.
+    pub oom: &'a OomConfig,
     /// Where to resume from.
     pub resume: &'a ResumeConfig,
     /// Where telemetry and checkpoints go.
@@ -156,6 +170,7 @@ impl<M: Serialize, D, L: Serialize + 'static> RunConfig<M, D, L> {
             spike_guard: &self.spike_guard,
             ema: &self.ema,
             swa: &self.swa,
+            oom: &self.oom,
             resume: &self.resume,
             run_dir: &self.output_dir,
             config_hash: self.config_hash(),
@@ -320,6 +335,16 @@ struct SavedState {
     /// Weights averaged by SWA (its average is the `swa.*` tensors).
     #[serde(default)]
     swa_updates: Option<u64>,
+    /// Where the out-of-memory ladder stands.
+    #[serde(default)]
+    oom: Option<SavedOom>,
+}
+
+/// The OOM ladder's rung and the stage knob's setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedOom {
+    rung: OomRung,
+    knob: serde_json::Value,
 }
 
 /// Model initialisation seeds a process-global backend RNG; runs in one process (tests)
@@ -597,6 +622,7 @@ impl<'a> Trainer<'a> {
         let mut validated_at = None;
         let mut counters = None;
         let (mut saved_ema, mut saved_swa) = (Vec::new(), Vec::new());
+        let mut rung = OomRung::start();
         let (mut ema_updates, mut swa_updates) = (None, None);
         if let Some((path, file)) = &mut source {
             let bad = |reason: String| CheckpointError::Incompatible { path: path.clone(), reason };
@@ -640,6 +666,10 @@ impl<'a> Trainer<'a> {
                 best: saved.best.map(|(s, v)| (s, v.0)),
             };
             ema_updates = saved.ema_updates;
+            if let Some(oom) = &saved.oom {
+                rung = oom.rung;
+                task.restore_degrade(&oom.knob).map_err(|e| bad(format!("stage knob state: {e}")))?;
+            }
             swa_updates = saved.swa_updates;
             first_loss = saved.first_loss.0;
             last_loss = saved.last_loss.0;
@@ -739,6 +769,7 @@ impl<'a> Trainer<'a> {
                     loss_scaler: None,
                     ema_updates: ema.as_ref().map(|e| e.updates),
                     swa_updates: swa.as_ref().map(|w| w.updates),
+                    oom: Some(SavedOom { rung, knob: task.degrade_state() }),
                 };
                 let metrics = tel.last_validation(st.step).cloned().unwrap_or_default();
                 let meta = |kind| Meta {
@@ -821,30 +852,88 @@ impl<'a> Trainer<'a> {
                 if log_memory {
                     tel.memory(st.step + 1, "Before Forward")?;
                 }
-                let mut accumulator = GradientsAccumulator::<T::Model>::new();
-                let mut loss_sum = 0.0;
-                let mut metric_sums = Metrics::new();
-                // The first NaN/Inf found in this step: loss, then (with debug.detect_anomaly)
-                // each named loss component, then the gradient norm.
-                let mut offender: Option<String> = None;
-                for (micro, indices) in window.iter().enumerate() {
-                    let batch = task.train_batch(indices, device);
-                    let out = task.train_step(&model, &batch);
-                    let weight = indices.len() as f64 / window_samples as f64;
-                    let loss_value: f64 = out.loss.clone().into_scalar().elem();
-                    if !loss_value.is_finite() && offender.is_none() {
-                        offender = Some(format!("the loss of micro-batch {} is {loss_value}", micro + 1));
+                // One attempt at the step's micro-batches at the current OOM rung; an
+                // out-of-memory (injected, over the RSS budget, or reported by the backend)
+                // comes back as Err and is retried one rung down, on the same samples.
+                let attempt = |micro: &[&[usize]], inject: bool| -> Result<_, String> {
+                    if inject {
+                        return Err("injected out-of-memory (oom.inject_at_steps)".to_string());
                     }
-                    loss_sum += loss_value * weight;
-                    for (k, v) in out.metrics {
-                        *metric_sums.entry(k).or_default() += v * weight;
+                    let mut accumulator = GradientsAccumulator::<T::Model>::new();
+                    let mut loss_sum = 0.0;
+                    let mut metric_sums = Metrics::new();
+                    // The first NaN/Inf found in this step: loss, then (with debug.detect_anomaly)
+                    // each named loss component, then the gradient norm.
+                    let mut offender: Option<String> = None;
+                    for (i, indices) in micro.iter().enumerate() {
+                        let batch = task.train_batch(indices, device);
+                        let out = task.train_step(&model, &batch);
+                        let weight = indices.len() as f64 / window_samples as f64;
+                        let loss_value: f64 = out.loss.clone().into_scalar().elem();
+                        if !loss_value.is_finite() && offender.is_none() {
+                            offender = Some(format!("the loss of micro-batch {} is {loss_value}", i + 1));
+                        }
+                        loss_sum += loss_value * weight;
+                        for (k, v) in out.metrics {
+                            *metric_sums.entry(k).or_default() += v * weight;
+                        }
+                        // Scaling each micro-batch's mean loss by its share of the window makes
+                        // the summed gradients the gradient of the mean over the whole window.
+                        let grads = out.loss.mul_scalar(weight).backward();
+                        accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+                        if let Some(budget) = cfg.oom.memory_budget_bytes
+                            && let Some(m) = telemetry::memory_now()
+                            && m.bytes > budget
+                        {
+                            return Err(format!(
+                                "resident memory {} bytes over oom.memory_budget_bytes {budget}",
+                                m.bytes
+                            ));
+                        }
                     }
-                    // Scaling each micro-batch's mean loss by its share of the window makes the
-                    // summed gradients the gradient of the mean over the whole window.
-                    let grads = out.loss.mul_scalar(weight).backward();
-                    accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-                }
-                let mut gradients = accumulator.grads();
+                    if let Err(e) = B::sync(device)
+                        && oom::is_oom_message(&e.to_string())
+                    {
+                        return Err(e.to_string());
+                    }
+                    Ok((accumulator.grads(), loss_sum, metric_sums, offender))
+                };
+                let mut inject = cfg.oom.inject_at_steps.contains(&(st.step + 1));
+                let (mut gradients, loss_sum, metric_sums, mut offender) = loop {
+                    let micro = rung.micro_batches(window);
+                    match attempt(&micro, std::mem::take(&mut inject)) {
+                        Ok(done) => break done,
+                        Err(reason) => {
+                            let action = if !cfg.oom.enabled {
+                                None
+                            } else if let Some(lowered) = task.degrade() {
+                                Some(lowered)
+                            } else if rung.can_split(window, cfg.oom.min_micro_batch) {
+                                rung.split *= 2;
+                                Some(format!(
+                                    "micro-batches split in {} (accumulation x{}): same samples per step",
+                                    rung.split, rung.split
+                                ))
+                            } else {
+                                None
+                            };
+                            rung.events += 1;
+                            B::memory_cleanup(device);
+                            tel.event(
+                                "oom",
+                                json!({"step": st.step + 1, "reason": reason, "action": action,
+                                       "split": rung.split, "knob": task.degrade_state()}),
+                            )?;
+                            let Some(action) = action else {
+                                return Err(TrainError::OutOfMemory { step: st.step + 1, reason });
+                            };
+                            tel.message(&format!(
+                                "⚠ Out of memory at step {}: {action}; retrying the step",
+                                st.step + 1
+                            ));
+                        }
+                    }
+                };
                 if log_memory {
                     tel.memory(st.step + 1, "After Backward")?;
                 }

@@ -152,3 +152,103 @@ fn detect_anomaly_names_the_first_non_finite_loss_component() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(run(&config(dir.path()), Fault::NanComponent, 5, 0, None).unwrap().state.step, 30);
 }
+
+fn plain(c: &ToyConfig) -> Result<trainer::RunSummary<trainer::toy::Mlp<B>>, TrainError> {
+    Trainer::new(c.loop_config()).run::<B, _>(&ToyTask::new(c), &Default::default())
+}
+
+#[test]
+fn an_out_of_memory_step_is_retried_with_split_micro_batches_and_the_same_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.oom.inject_at_steps = vec![3];
+    let s = plain(&c).unwrap();
+    assert_eq!(s.state.step, 30, "training continued");
+    let oom = &support::events(dir.path(), Some("oom"))[0];
+    assert_eq!((oom["step"].as_u64(), oom["split"].as_u64()), (Some(3), Some(2)));
+    // The effective batch is unchanged: the weights match a run that never ran out of memory,
+    // up to the summation order of the split micro-batches.
+    let clean = tempfile::tempdir().unwrap();
+    let reference = plain(&config(clean.path())).unwrap();
+    let (a, b) = (support::weights::<B, _>(&s.model), support::weights::<B, _>(&reference.model));
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "weights differ by {diff}");
+}
+
+#[test]
+fn the_oom_rung_survives_a_resume() {
+    let straight = tempfile::tempdir().unwrap();
+    let mut c = config(straight.path());
+    c.training.max_steps = Some(10);
+    c.oom.inject_at_steps = vec![3];
+    let reference = plain(&c).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let mut c = config(split.path());
+    c.training.max_steps = Some(6);
+    c.oom.inject_at_steps = vec![3];
+    plain(&c).unwrap();
+    let mut c = config(split.path());
+    c.training.max_steps = Some(10);
+    c.resume.auto = true;
+    let resumed = plain(&c).unwrap();
+    // Steps 7-10 still run split in two: bit-identical to the uninterrupted run.
+    assert_eq!(support::weights::<B, _>(&resumed.model), support::weights::<B, _>(&reference.model));
+}
+
+#[test]
+fn out_of_memory_at_the_bottom_of_the_ladder_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.oom.inject_at_steps = vec![3];
+    c.oom.min_micro_batch = 16;
+    let msg = plain(&c).err().unwrap().to_string();
+    assert!(msg.contains("out of memory at optimizer step 3") && msg.contains("injected"), "{msg}");
+    assert_eq!(support::events(dir.path(), Some("oom")).len(), 1);
+}
+
+/// A stage knob like stage 1's diffusion timesteps: 10, lowered by 4, never below 4.
+struct Timesteps(Cell<u64>);
+
+impl support::ToyHooks for Timesteps {
+    fn degrade(&self) -> Option<String> {
+        let now = self.0.get();
+        let lowered = now.saturating_sub(4).max(4);
+        (lowered < now).then(|| {
+            self.0.set(lowered);
+            format!("timesteps {now} -> {lowered}")
+        })
+    }
+    fn degrade_state(&self) -> serde_json::Value {
+        serde_json::json!({"timesteps": self.0.get()})
+    }
+    fn restore_degrade(&self, state: &serde_json::Value) -> Result<(), String> {
+        self.0.set(state["timesteps"].as_u64().ok_or("no timesteps")?);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_stage_knob_is_lowered_first_then_micro_batches_are_split_and_the_knob_survives_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |c: &ToyConfig, start: u64| {
+        let task = support::HookedToy { inner: ToyTask::new(c), hooks: Timesteps(Cell::new(start)) };
+        Trainer::new(c.loop_config()).run::<B, _>(&task, &Default::default()).map(|_| task.hooks.0.get())
+    };
+    let mut c = config(dir.path());
+    c.training.max_steps = Some(8);
+    c.oom.inject_at_steps = vec![3, 5, 7];
+    assert_eq!(run(&c, 10).unwrap(), 4);
+    let ooms = support::events(dir.path(), Some("oom"));
+    let seen: Vec<(u64, u64, u64)> = ooms
+        .iter()
+        .map(|e| (e["step"].as_u64().unwrap(), e["knob"]["timesteps"].as_u64().unwrap(), e["split"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(seen, [(3, 6, 1), (5, 4, 1), (7, 4, 2)], "knob 10 -> 6 -> 4 (floor), then split");
+
+    // A resumed run starts from the saved knob setting, not the configured one.
+    let mut c = config(dir.path());
+    c.training.max_steps = Some(9);
+    c.resume.auto = true;
+    assert_eq!(run(&c, 10).unwrap(), 4);
+}
