@@ -23,6 +23,4 @@ pub mod train;
 
 pub use config::RunConfig;
 pub use task::{Metrics, Mode, Selection, StepOutput, Task};
-pub use train::{
-    Decision, LoopConfig, LoopState, RunSummary, Step, StopPolicy, StopReason, TrainError, Trainer, Validation,
-};
+pub use train::{Decision, LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer, Validation};

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::ConfigProblem;
-use crate::train::{Decision, Step, StopPolicy};
+use crate::telemetry::StepRecord;
+use crate::train::{Decision, StopPolicy};
 
 /// `spike_guard:` — when a diverging run is aborted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +101,7 @@ impl StopPolicy for SpikeGuard {
         "spike_guard"
     }
 
-    fn after_step(&mut self, s: &Step<'_>) -> Decision {
+    fn after_step(&mut self, s: &StepRecord<'_>) -> Decision {
         let c = &self.config;
         let warm = s.step > c.warmup_steps;
         if let Some(limit) = c.grad_norm_threshold {
@@ -170,7 +171,15 @@ mod tests {
         let metrics = Metrics::new();
         for (i, &(loss, grad_norm)) in series.iter().enumerate() {
             let step = i as u64 + 1;
-            let d = guard.after_step(&Step { step, epoch: 0, loss, lr: 0.1, grad_norm, metrics: &metrics });
+            let d = guard.after_step(&StepRecord {
+                step,
+                epoch: 0,
+                loss,
+                lr: 0.1,
+                grad_norm,
+                metrics: &metrics,
+                step_time: 0.0,
+            });
             if d.stop.is_some() {
                 assert!(d.abort);
                 return Some(step);

@@ -69,7 +69,7 @@ pub fn memory_now() -> Option<MemoryReading> {
     memory_stats::memory_stats().map(|m| MemoryReading { bytes: m.physical_mem as u64, kind: "rss" })
 }
 
-/// One optimizer step as reported to every sink.
+/// One completed optimizer step, as reported to every telemetry sink and to stop policies.
 #[derive(Debug, Clone)]
 pub struct StepRecord<'a> {
     /// Optimizer steps completed (1-based).

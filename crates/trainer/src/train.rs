@@ -212,23 +212,6 @@ pub struct Validation<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// What a stop policy sees after each optimizer step.
-#[derive(Debug, Clone, Copy)]
-pub struct Step<'a> {
-    /// Optimizer steps completed.
-    pub step: u64,
-    /// Current epoch (0-based).
-    pub epoch: u64,
-    /// The step's loss (sample-weighted mean over its micro-batches).
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// The step's named metrics.
-    pub metrics: &'a Metrics,
-}
-
 /// What a stop policy decided after a validation or a step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
@@ -253,7 +236,7 @@ pub trait StopPolicy {
         Decision::default()
     }
     /// Looks at a completed optimizer step (before any validation at that step).
-    fn after_step(&mut self, _step: &Step<'_>) -> Decision {
+    fn after_step(&mut self, _step: &StepRecord<'_>) -> Decision {
         Decision::default()
     }
     /// The policy's state, saved in checkpoints.
@@ -982,7 +965,7 @@ impl<'a> Trainer<'a> {
                     first_loss = loss_sum;
                 }
                 last_loss = loss_sum;
-                tel.train_step(&StepRecord {
+                let record = StepRecord {
                     step: st.step,
                     epoch: st.epoch,
                     loss: loss_sum,
@@ -990,15 +973,13 @@ impl<'a> Trainer<'a> {
                     grad_norm,
                     metrics: &metric_sums,
                     step_time: started.elapsed().as_secs_f64(),
-                })?;
+                };
+                tel.train_step(&record)?;
 
                 // Everything that happens at this step boundary, in an order that makes the
                 // checkpoint below include it (step policies, validation, policy state first).
                 let mut triggers = Vec::new();
-                let mut stop = self.after_step(
-                    &Step { step: st.step, epoch: st.epoch, loss: loss_sum, lr, grad_norm, metrics: &metric_sums },
-                    &mut tel,
-                )?;
+                let mut stop = self.after_step(&record, &mut tel)?;
                 let aborted = matches!(stop, Some(StopReason::Aborted { .. }));
                 let epoch_done = st.position >= batches.len();
                 if let Some(w) = &mut swa
@@ -1119,7 +1100,7 @@ impl<'a> Trainer<'a> {
 
     /// Consults the policies after an optimizer step; returns the first stop (aborts are not
     /// deferred by `min_steps`).
-    fn after_step(&mut self, step: &Step<'_>, tel: &mut Telemetry) -> Result<Option<StopReason>, TrainError> {
+    fn after_step(&mut self, step: &StepRecord<'_>, tel: &mut Telemetry) -> Result<Option<StopReason>, TrainError> {
         let mut stop = None;
         for policy in &mut self.policies {
             let decision = policy.after_step(step);
