@@ -8,14 +8,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use figment::value::Value;
+use schedulers::finder::{FinderConfig, SweepMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{BackendError, BackendRun, DeviceSpec, compiled_backends, run_on};
 use crate::config::{self, ConfigErrors, ConfigProblem, ConfigSources, RunConfig, Validate};
 use crate::interrupt::Interrupts;
+use crate::lr_find::{LrFindOptions, LrFindOutcome};
 use crate::telemetry::JSONL;
 use crate::train::{LoopState, StopReason, TrainError};
 
@@ -48,6 +50,14 @@ pub trait Stage {
         device: &B::Device,
         interrupts: Interrupts,
     ) -> Result<(StopReason, LoopState), TrainError>;
+
+    /// Builds the task and runs the LR range test on backend `B`
+    /// (normally `Trainer::new(config.loop_config()).lr_find::<B, _>(&task, device, options)`).
+    fn lr_find<B: AutodiffBackend>(
+        config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
+        device: &B::Device,
+        options: &LrFindOptions,
+    ) -> Result<LrFindOutcome, TrainError>;
 }
 
 /// Flags every stage binary accepts. Each sets the config key named in its help.
@@ -89,6 +99,25 @@ pub struct CommonArgs {
     /// `optimizer.lr`.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// `optimizer.scheduler.name`: constant, step, multistep, exponential, polynomial, cosine,
+    /// onecycle, cyclical, sgdr, plateau or sequential.
+    #[arg(long, visible_alias = "scheduler", value_name = "NAME")]
+    pub lr_schedule: Option<String>,
+    /// `optimizer.scheduler.warmup_steps`: linear warm-up before the schedule.
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<u64>,
+    /// `optimizer.scheduler.pct_start` of onecycle (default 0.3).
+    #[arg(long, value_name = "FRACTION")]
+    pub onecycle_pct_start: Option<f64>,
+    /// `optimizer.scheduler.div_factor` of onecycle: initial LR = lr / div_factor (default 25).
+    #[arg(long, value_name = "FACTOR")]
+    pub onecycle_div_factor: Option<f64>,
+    /// `optimizer.scheduler.cyclical_mode`: triangular, triangular2 or exp_range.
+    #[arg(long, value_name = "MODE")]
+    pub cyclical_mode: Option<String>,
+    /// `optimizer.scheduler.t_0` of sgdr: length of the first cycle, in schedule indices.
+    #[arg(long, value_name = "N")]
+    pub sgdr_cycle_length: Option<u64>,
     /// `resume.path`: resume from this checkpoint file.
     #[arg(long, value_name = "CHECKPOINT")]
     pub resume: Option<PathBuf>,
@@ -206,6 +235,18 @@ impl CommonArgs {
         if let Some(lr) = self.lr {
             put("optimizer.lr", Value::from(lr));
         }
+        for (key, v) in [
+            ("name", self.lr_schedule.clone().map(Value::from)),
+            ("warmup_steps", self.warmup_steps.map(Value::from)),
+            ("pct_start", self.onecycle_pct_start.map(Value::from)),
+            ("div_factor", self.onecycle_div_factor.map(Value::from)),
+            ("cyclical_mode", self.cyclical_mode.clone().map(Value::from)),
+            ("t_0", self.sgdr_cycle_length.map(Value::from)),
+        ] {
+            if let Some(v) = v {
+                put(&format!("optimizer.scheduler.{key}"), v);
+            }
+        }
         if let Some(p) = &self.resume {
             put("resume.path", Value::from(p.display().to_string()));
         }
@@ -274,12 +315,84 @@ impl CommonArgs {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about = None)]
+#[command(version, about = None, args_conflicts_with_subcommands = true)]
 struct Cli<A: Args> {
+    #[command(subcommand)]
+    command: Option<Command<A>>,
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
     stage: A,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command<A: Args> {
+    /// LR range test: sweep the learning rate over a short run on a copy of the model, write
+    /// lr_find.csv and lr_find.png to the output directory, and suggest a learning rate.
+    LrFind(LrFindCli<A>),
+}
+
+#[derive(Debug, Args)]
+struct LrFindCli<A: Args> {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    stage: A,
+    #[command(flatten)]
+    finder: LrFindArgs,
+}
+
+/// Flags of `lr-find` (seed `lr_finder_tool.py` names).
+#[derive(Debug, Clone, Args)]
+pub struct LrFindArgs {
+    /// First learning rate of the sweep.
+    #[arg(long, default_value_t = 1e-7, value_name = "LR")]
+    pub min_lr: f64,
+    /// Last learning rate of the sweep.
+    #[arg(long, default_value_t = 10.0, value_name = "LR")]
+    pub max_lr: f64,
+    /// Optimizer steps of the sweep.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub num_steps: usize,
+    /// Draw batches from this many training samples (a seeded subset; default: all).
+    #[arg(long, value_name = "N")]
+    pub num_samples: Option<usize>,
+    /// Spacing of the learning rates: exponential or linear.
+    #[arg(long, default_value = "exponential", value_name = "MODE")]
+    pub sweep: String,
+    /// Stop when the smoothed loss exceeds this multiple of its best.
+    #[arg(long, default_value_t = 4.0, value_name = "K")]
+    pub divergence_factor: f64,
+}
+
+impl LrFindArgs {
+    /// The finder settings, or the problems with them as `(flag, message)`.
+    pub fn options(&self) -> Result<FinderConfig, Vec<(String, String)>> {
+        let mode = match self.sweep.as_str() {
+            "exponential" => SweepMode::Exponential,
+            "linear" => SweepMode::Linear,
+            other => {
+                return Err(vec![("--sweep".into(), format!("expected exponential or linear, got `{other}`"))]);
+            }
+        };
+        let finder = FinderConfig {
+            min_lr: self.min_lr,
+            max_lr: self.max_lr,
+            num_steps: self.num_steps,
+            mode,
+            divergence_factor: self.divergence_factor,
+            ..FinderConfig::default()
+        };
+        let problems = finder.validate();
+        if let Some(0) = self.num_samples {
+            return Err(vec![("--num-samples".into(), "expected at least 1 sample".into())]);
+        }
+        if problems.is_empty() {
+            Ok(finder)
+        } else {
+            Err(problems.into_iter().map(|(k, m)| (format!("--{}", k.replace('_', "-")), m)).collect())
+        }
+    }
 }
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
@@ -345,6 +458,9 @@ pub fn load_config<S: Stage>(common: &CommonArgs, stage_args: &S::Args) -> Resul
 pub fn main<S: Stage>() -> ExitCode {
     init_logging();
     let cli = Cli::<S::Args>::parse();
+    if let Some(Command::LrFind(c)) = cli.command {
+        return lr_find_main::<S>(&c);
+    }
     let config = match load_config::<S>(&cli.common, &cli.stage) {
         Ok(c) => c,
         Err(errors) => {
@@ -396,4 +512,56 @@ fn run<S: Stage>(config: &StageConfig<S>) -> Result<(StopReason, LoopState), Str
     let interrupts = Interrupts::install().map_err(|e| format!("installing signal handlers: {e}"))?;
     let device: DeviceSpec = config.device.parse().map_err(|e| format!("{e}"))?;
     run_on(device, StageWork::<S> { config, interrupts }).map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+struct LrFindWork<'a, S: Stage> {
+    config: &'a StageConfig<S>,
+    options: &'a LrFindOptions,
+}
+
+impl<S: Stage> BackendRun for LrFindWork<'_, S> {
+    type Output = Result<LrFindOutcome, TrainError>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Self::Output {
+        tracing::info!("backend: {name}");
+        S::lr_find::<B>(self.config, &device, self.options)
+    }
+}
+
+/// `<stage> lr-find`: the LR range test with the stage's config; exit 0 with a suggestion
+/// (or a line saying why there is none), 2 on bad flags or config, 1 if the sweep failed.
+fn lr_find_main<S: Stage>(c: &LrFindCli<S::Args>) -> ExitCode {
+    let config = match load_config::<S>(&c.common, &c.stage) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let finder = match c.finder.options() {
+        Ok(f) => f,
+        Err(problems) => {
+            for (flag, message) in problems {
+                eprintln!("lr-find {flag}: {message}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let options = LrFindOptions { finder, num_samples: c.finder.num_samples, out_dir: config.output_dir.clone() };
+    let device: DeviceSpec = config.device.parse().expect("validated");
+    match run_on(device, LrFindWork::<S> { config: &config, options: &options }) {
+        Ok(Ok(outcome)) => {
+            println!("{}", outcome.finder.report());
+            println!("Wrote {} and {}", outcome.csv.display(), outcome.png.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("{}: lr-find: {e}", S::NAME);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{}: lr-find: {e}", S::NAME);
+            ExitCode::from(1)
+        }
+    }
 }

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use checkpoints::RetentionConfig;
+use schedulers::SchedulerSpec;
 
 use crate::averaging::{EmaConfig, SwaConfig};
 use crate::backend::DeviceSpec;
@@ -173,8 +174,8 @@ pub struct OptimizerConfig {
     pub eps: f64,
     /// Decoupled weight decay (PyTorch AdamW semantics: `p ← p·(1 − lr·wd)`).
     pub weight_decay: f64,
-    /// Learning-rate schedule over optimizer steps.
-    pub scheduler: SchedulerConfig,
+    /// Learning-rate schedule (see the `schedulers` crate for every key).
+    pub scheduler: SchedulerSpec,
 }
 
 impl Default for OptimizerConfig {
@@ -185,7 +186,7 @@ impl Default for OptimizerConfig {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 0.01,
-            scheduler: SchedulerConfig::default(),
+            scheduler: SchedulerSpec::default(),
         }
     }
 }
@@ -196,34 +197,6 @@ impl Default for OptimizerConfig {
 pub enum OptimizerName {
     /// Adam with decoupled weight decay.
     Adamw,
-}
-
-/// `optimizer.scheduler:` — the learning rate as a function of the optimizer step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedulerConfig {
-    /// `constant` or `cosine` (linear warm-up, then cosine decay to `min_lr`).
-    pub name: SchedulerName,
-    /// Optimizer steps of linear warm-up from 0 to `lr`.
-    pub warmup_steps: u64,
-    /// Floor of the cosine decay.
-    pub min_lr: f64,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self { name: SchedulerName::Constant, warmup_steps: 0, min_lr: 0.0 }
-    }
-}
-
-/// Schedules available to the loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SchedulerName {
-    /// `lr` at every step (after the optional warm-up).
-    Constant,
-    /// Linear warm-up, then half a cosine from `lr` down to `min_lr` at the last step.
-    Cosine,
 }
 
 /// `logging:` — telemetry outputs.
@@ -420,20 +393,22 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
                 format!("expected a non-negative weight decay, got {}", o.weight_decay),
             ));
         }
-        let lr_valid = o.lr.is_finite() && o.lr > 0.0;
-        if lr_valid && !(o.scheduler.min_lr.is_finite() && o.scheduler.min_lr >= 0.0 && o.scheduler.min_lr <= o.lr) {
-            p.push(problem(
-                "optimizer.scheduler.min_lr",
-                format!("expected 0 <= min_lr <= lr ({}), got {}", o.lr, o.scheduler.min_lr),
-            ));
-        }
-        if let Some(max) = t.max_steps
-            && o.scheduler.warmup_steps > max
-        {
-            p.push(problem(
-                "optimizer.scheduler.warmup_steps",
-                format!("warm-up of {} steps is longer than max_steps {max}", o.scheduler.warmup_steps),
-            ));
+        if o.lr.is_finite() && o.lr > 0.0 {
+            let run_length = match (o.scheduler.interval, t.max_steps) {
+                (schedulers::Interval::Step, Some(max)) => Some(max),
+                (schedulers::Interval::Epoch, None) => t.epochs,
+                // Known only once the data set is loaded; checked again when the run starts.
+                _ => None,
+            };
+            let found = match run_length {
+                Some(len) => o
+                    .scheduler
+                    .build(schedulers::BuildContext { lr: o.lr, run_length: Some(len), monitor_mode: None })
+                    .err()
+                    .unwrap_or_default(),
+                None => o.scheduler.check(o.lr),
+            };
+            p.extend(found.into_iter().map(|f| problem(&format!("optimizer.scheduler.{}", f.key), f.message)));
         }
         if self.logging.memory_every == Some(0) {
             p.push(problem("logging.memory_every", "expected a positive step count or null"));

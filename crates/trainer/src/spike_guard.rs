@@ -176,6 +176,7 @@ mod tests {
                 epoch: 0,
                 loss,
                 lr: 0.1,
+                beta1: 0.9,
                 grad_norm,
                 metrics: &metrics,
                 step_time: 0.0,

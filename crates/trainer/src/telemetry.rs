@@ -80,6 +80,8 @@ pub struct StepRecord<'a> {
     pub loss: f64,
     /// Learning rate used for this step.
     pub lr: f64,
+    /// Adam β1 used for this step (cycled by OneCycle / cyclical schedules).
+    pub beta1: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Named metrics of the step (sample-weighted means).
@@ -233,6 +235,7 @@ impl Telemetry {
                 "epoch": r.epoch,
                 "loss": r.loss,
                 "lr": r.lr,
+                "beta1": r.beta1,
                 "grad_norm": r.grad_norm,
                 "metrics": r.metrics,
                 "elapsed": self.elapsed(),
@@ -521,8 +524,16 @@ mod tests {
         let metrics = Metrics::new();
         let mut warnings = Vec::new();
         for (step, mib) in [(1, 50), (10, 100), (20, 140), (30, 151), (40, 300)] {
-            let r =
-                StepRecord { step, epoch: 0, loss: 1.0, lr: 0.1, grad_norm: 1.0, metrics: &metrics, step_time: 0.1 };
+            let r = StepRecord {
+                step,
+                epoch: 0,
+                loss: 1.0,
+                lr: 0.1,
+                beta1: 0.9,
+                grad_norm: 1.0,
+                metrics: &metrics,
+                step_time: 0.1,
+            };
             if let Some(w) = p.on_step(&r, Some(MemoryReading { bytes: mib << 20, kind: "rss" })) {
                 warnings.push(w["step"].as_u64().unwrap());
             }

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -21,6 +22,7 @@ use checkpoints::{
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use schedulers::{BuildContext, Interval, PlateauMode, SchedulerState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -30,9 +32,8 @@ use crate::early_stopping::{EarlyStopping, EarlyStoppingConfig};
 use crate::grads;
 use crate::interrupt::{Interrupts, Signal};
 use crate::oom::{self, OomConfig, OomRung};
-use crate::schedule::LrSchedule;
 use crate::spike_guard::{SpikeGuard, SpikeGuardConfig};
-use crate::task::{Metrics, Selection, Task};
+use crate::task::{Metrics, Mode, Selection, Task};
 use crate::telemetry::{self, StepRecord, Telemetry, TelemetryCounters};
 
 /// Why a run failed.
@@ -81,6 +82,14 @@ pub enum TrainError {
         /// Optimizer step just completed.
         step: u64,
         /// The backend's message.
+        message: String,
+    },
+    /// The learning-rate schedule does not fit this run (e.g. a warm-up longer than the run).
+    #[error("optimizer.scheduler.{key}: {message}")]
+    Schedule {
+        /// Key under `optimizer.scheduler`.
+        key: String,
+        /// What is wrong and what was expected.
         message: String,
     },
     /// Validation did not return the metric that selects the best model.
@@ -308,8 +317,11 @@ struct SavedState {
     /// How randomness is reproduced: data order is a function of (seed, epoch) and the
     /// backend is reseeded from (seed, step) before every optimizer step.
     rng: serde_json::Value,
-    /// The schedule is a pure function of the step; recorded for inspection.
+    /// The schedule is a pure function of its index; recorded for inspection.
     schedule: serde_json::Value,
+    /// What the scheduler keeps besides its index (ReduceLROnPlateau's counters).
+    #[serde(default)]
+    scheduler: Option<SchedulerState>,
     /// No loss scaling in f32 runs.
     loss_scaler: Option<serde_json::Value>,
     /// Updates folded into the EMA (its weights are the `ema.*` tensors).
@@ -334,7 +346,7 @@ struct SavedOom {
 /// take turns so each gets exactly its seed's weights. Random ops inside training steps of
 /// runs sharing a process still share that RNG: bit-exact replay of those needs one run per
 /// process, which is how the binaries run.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// The order in which epoch `epoch` visits `n` samples: a permutation fixed by `(seed, epoch)`,
 /// so a resumed run can jump to any position without replaying the data.
@@ -481,10 +493,28 @@ pub struct Trainer<'a> {
     policies: Vec<Box<dyn StopPolicy + 'a>>,
 }
 
+/// The configured AdamW with Adam's β1 set to `beta_1`.
+pub(crate) fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(
+    o: &OptimizerConfig,
+    beta_1: f64,
+) -> OptimizerAdaptor<AdamW, M, B> {
+    AdamWConfig::new()
+        .with_beta_1(beta_1 as f32)
+        .with_beta_2(o.betas[1] as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init::<B, M>()
+}
+
 impl<'a> Trainer<'a> {
     /// A trainer with no signal handling and no stop policies.
     pub fn new(config: LoopConfig<'a>) -> Self {
         Self { config, interrupts: Interrupts::none(), policies: Vec::new() }
+    }
+
+    /// The config sections the loop reads.
+    pub fn config(&self) -> &LoopConfig<'a> {
+        &self.config
     }
 
     /// Stops cleanly (after a checkpoint) when `interrupts` fires.
@@ -567,8 +597,38 @@ impl<'a> Trainer<'a> {
             (None, Some(e)) => e * steps_per_epoch,
             (None, None) => unreachable!("validated: one budget is set"),
         };
-        let schedule = LrSchedule::new(cfg.optimizer.lr, cfg.optimizer.scheduler.clone(), total_steps);
         let selection = selection(task.selection(), cfg.checkpoint)?;
+        let spec = &cfg.optimizer.scheduler;
+        let run_length = match spec.interval {
+            Interval::Step => total_steps,
+            Interval::Epoch => t.epochs.unwrap_or(total_steps.div_ceil(steps_per_epoch)),
+        };
+        let monitor = spec.monitor.clone().unwrap_or_else(|| selection.metric.clone());
+        let monitor_mode = (monitor == selection.metric).then_some(match selection.mode {
+            Mode::Min => PlateauMode::Min,
+            Mode::Max => PlateauMode::Max,
+        });
+        let mut scheduler = spec
+            .build(BuildContext { lr: cfg.optimizer.lr, run_length: Some(run_length), monitor_mode })
+            .map_err(|mut problems| {
+                let first = problems.remove(0);
+                TrainError::Schedule { key: first.key, message: first.message }
+            })?;
+        if scheduler.plateau().is_some() && monitor != selection.metric && spec.mode.is_none() {
+            return Err(TrainError::Schedule {
+                key: "mode".into(),
+                message: format!(
+                    "plateau monitors `{monitor}`, not the selection metric `{}`: set mode to min or max",
+                    selection.metric
+                ),
+            });
+        }
+        // The schedule index of 0-based optimizer step `step`: the step, or the epoch it is in
+        // (every epoch has exactly `steps_per_epoch` optimizer steps).
+        let index = |step: u64| match spec.interval {
+            Interval::Step => step,
+            Interval::Epoch => step / steps_per_epoch,
+        };
         if cfg.early_stopping.enabled {
             self.policies.insert(0, Box::new(EarlyStopping::new(cfg.early_stopping.clone(), &selection)));
         }
@@ -592,12 +652,12 @@ impl<'a> Trainer<'a> {
 
         let mut model = init_model::<B, T>(task, cfg.seed, device);
         let o = cfg.optimizer;
-        let mut optim = AdamWConfig::new()
-            .with_beta_1(o.betas[0] as f32)
-            .with_beta_2(o.betas[1] as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(o.weight_decay as f32)
-            .init::<B, T::Model>();
+        let adamw = |beta_1: f64| adamw::<B, T::Model>(o, beta_1);
+        // OneCycle and cyclical schedules move Adam's β1 inversely to the LR (torch sets
+        // `betas[0]`); burn fixes β1 at construction, so the optimizer is rebuilt around its
+        // state whenever β1 changes.
+        let mut beta_1 = o.betas[0];
+        let mut optim = adamw(beta_1);
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
 
         let mut st = LoopState::default();
@@ -648,6 +708,9 @@ impl<'a> Trainer<'a> {
                 position: saved.position,
                 best: saved.best.map(|(s, v)| (s, v.0)),
             };
+            scheduler
+                .restore(saved.scheduler.clone().unwrap_or(SchedulerState { plateau: None }))
+                .map_err(|e| bad(format!("scheduler state: {e}")))?;
             ema_updates = saved.ema_updates;
             if let Some(oom) = &saved.oom {
                 rung = oom.rung;
@@ -718,8 +781,8 @@ impl<'a> Trainer<'a> {
                     json!({
                         "path": path, "step": st.step, "epoch": st.epoch, "position": st.position,
                         "best": st.best.map(|(s, v)| json!({"step": s, "value": v})),
-                        "restored": ["model", "parameter_ids", "optimizer", "schedule_step", "data_cursor",
-                                     "rng", "best", "telemetry_counters", "policies"],
+                        "restored": ["model", "parameter_ids", "optimizer", "schedule_step", "scheduler_state",
+                                     "data_cursor", "rng", "best", "telemetry_counters", "policies"],
                         "total_steps": total_steps,
                     }),
                 )?
@@ -748,7 +811,9 @@ impl<'a> Trainer<'a> {
                     telemetry: TelemetryCounters { last_checkpoint: st.step, ..tel.counters() },
                     policies: self.policies.iter().map(|p| (p.name().to_string(), p.state())).collect(),
                     rng: json!({"scheme": "data order from (seed, epoch); backend reseeded from (seed, step)", "seed": cfg.seed}),
-                    schedule: json!({"name": cfg.optimizer.scheduler.name, "step": st.step, "next_lr": schedule.lr_at(st.step)}),
+                    schedule: json!({"name": spec.name, "interval": spec.interval, "index": index(st.step),
+                                     "next_lr": scheduler.lr_at(index(st.step))}),
+                    scheduler: Some(scheduler.state()),
                     loss_scaler: None,
                     ema_updates: ema.as_ref().map(|e| e.updates),
                     swa_updates: swa.as_ref().map(|w| w.updates),
@@ -948,10 +1013,18 @@ impl<'a> Trainer<'a> {
                         checkpoint: report.written.first().cloned(),
                     });
                 }
+                let at = index(st.step);
                 let lr = swa
                     .as_ref()
-                    .and_then(|_| cfg.swa.lr_at(st.step, swa_start, schedule.lr_at(swa_start.saturating_sub(1))))
-                    .unwrap_or_else(|| schedule.lr_at(st.step));
+                    .and_then(|_| {
+                        cfg.swa.lr_at(st.step, swa_start, scheduler.lr_at(index(swa_start.saturating_sub(1))))
+                    })
+                    .unwrap_or_else(|| scheduler.lr_at(at));
+                let momentum = scheduler.momentum_at(at).unwrap_or(o.betas[0]);
+                if momentum != beta_1 {
+                    beta_1 = momentum;
+                    optim = adamw(beta_1).load_record(optim.to_record());
+                }
                 model = optim.step(lr, model, gradients);
                 st.step += 1;
                 st.position += window.len();
@@ -970,6 +1043,7 @@ impl<'a> Trainer<'a> {
                     epoch: st.epoch,
                     loss: loss_sum,
                     lr,
+                    beta1: beta_1,
                     grad_norm,
                     metrics: &metric_sums,
                     step_time: started.elapsed().as_secs_f64(),
@@ -994,7 +1068,7 @@ impl<'a> Trainer<'a> {
                     st.step >= total_steps || (epoch_done && t.epochs.is_some_and(|e| st.epoch + 1 >= e));
                 // The final weights are always evaluated, so the best model is never stale.
                 if !aborted && (validate_now || (out_of_budget && interrupted.is_none())) {
-                    let (value, is_best, s) = self.validate(
+                    let (value, is_best, s, metrics) = self.validate(
                         task,
                         &model,
                         &[
@@ -1013,6 +1087,30 @@ impl<'a> Trainer<'a> {
                         &selection,
                     )?;
                     validated_at = Some(st.step);
+                    if let Some(plateau) = scheduler.plateau() {
+                        let patience = plateau.config().patience;
+                        let watched = *metrics.get(&monitor).ok_or_else(|| TrainError::Schedule {
+                            key: "monitor".into(),
+                            message: format!(
+                                "validation returned no metric `{monitor}` (it returned: {})",
+                                metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        })?;
+                        if let Some(cut) = scheduler.observe(watched) {
+                            tel.event(
+                                "lr_reduced",
+                                json!({"step": st.step, "monitor": monitor, "value": watched,
+                                       "old_lr": cut.old, "new_lr": cut.new}),
+                            )?;
+                            tel.message(&format!(
+                                "↘ Reducing learning rate from {:.3e} to {:.3e}: {monitor} did not improve for {} \
+                                 validations",
+                                cut.old,
+                                cut.new,
+                                patience + 1
+                            ));
+                        }
+                    }
                     triggers.push(Trigger::Validation { value, is_best });
                     stop = stop.or(s);
                 }
@@ -1110,7 +1208,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Runs validation, reports it, updates the best, and consults the stop policies.
-    /// Returns the selection metric's value, whether it is the best so far, and any stop request.
+    /// Returns the selection metric's value, whether it is the best so far, any stop request,
+    /// and all the metrics.
     #[allow(clippy::too_many_arguments)]
     fn validate<B, T>(
         &mut self,
@@ -1122,7 +1221,7 @@ impl<'a> Trainer<'a> {
         st: &mut LoopState,
         lr: f64,
         selection: &Selection,
-    ) -> Result<(f64, bool, Option<StopReason>), TrainError>
+    ) -> Result<(f64, bool, Option<StopReason>, Metrics), TrainError>
     where
         B: AutodiffBackend,
         T: Task<B>,
@@ -1162,7 +1261,7 @@ impl<'a> Trainer<'a> {
             let decision = policy.after_validation(&validation);
             stop = stop.or(report_decision(policy.as_ref(), decision, st.step, self.config.training.min_steps, tel)?);
         }
-        Ok((value, is_best, stop))
+        Ok((value, is_best, stop, metrics))
     }
 }
 

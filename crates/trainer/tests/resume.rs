@@ -8,9 +8,10 @@ use std::path::Path;
 mod support;
 
 use burn::module::AutodiffModule;
+use schedulers::ScheduleName;
 use serde_json::Value;
 use trainer::backend::CpuBackend;
-use trainer::config::{LoggingConfig, ProgressMode, SchedulerName};
+use trainer::config::{LoggingConfig, ProgressMode};
 use trainer::interrupt::{Interrupts, Signal};
 use trainer::toy::{ToyConfig, ToyTask};
 use trainer::{Decision, StepOutput, StopPolicy, StopReason, Trainer, Validation};
@@ -27,7 +28,7 @@ fn config(dir: &Path, max_steps: u64) -> ToyConfig {
     c.training.val_every = Some(3);
     c.training.gradient_clip_norm = Some(0.5);
     c.optimizer.lr = 0.02;
-    c.optimizer.scheduler.name = SchedulerName::Cosine;
+    c.optimizer.scheduler.name = ScheduleName::Cosine;
     c.optimizer.scheduler.warmup_steps = 4;
     c.optimizer.scheduler.min_lr = 0.001;
     c.logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
@@ -115,22 +116,36 @@ fn run_segment(c: &ToyConfig, interrupt_at_micro: Option<usize>, policy_limit: u
 /// Runs `total` steps straight, then again interrupted at micro-batch `at` and resumed; both
 /// must agree exactly. Returns the step the interruption landed on.
 fn compare(total: u64, at: usize) -> u64 {
+    compare_with(total, at, |_| {}).0
+}
+
+/// [`compare`] with a changed config; also returns the straight run's directory.
+fn compare_with(total: u64, at: usize, tweak: impl Fn(&mut ToyConfig)) -> (u64, tempfile::TempDir) {
+    let cfg = |dir: &Path| {
+        let mut c = config(dir, total);
+        tweak(&mut c);
+        c
+    };
     let straight = tempfile::tempdir().unwrap();
-    let (s, w_straight) = run_segment(&config(straight.path(), total), None, u64::MAX);
+    let (s, w_straight) = run_segment(&cfg(straight.path()), None, u64::MAX);
     assert_eq!((s.stopped_at, &s.reason), (total, &StopReason::Budget));
 
     let split = tempfile::tempdir().unwrap();
-    let (first, _) = run_segment(&config(split.path(), total), Some(at), u64::MAX);
+    let (first, _) = run_segment(&cfg(split.path()), Some(at), u64::MAX);
     assert_eq!(first.reason, StopReason::Interrupted(Signal::Interrupt));
     assert!(first.stopped_at < total);
-    let mut resumed = config(split.path(), total);
+    let mut resumed = cfg(split.path());
     resumed.resume.auto = true;
     let (second, w_resumed) = run_segment(&resumed, None, u64::MAX);
     assert_eq!((second.stopped_at, &second.reason), (total, &StopReason::Budget));
 
     assert_eq!(step_log(split.path()), step_log(straight.path()), "per-step loss and lr");
     assert!(w_resumed == w_straight, "final weights differ after resuming at step {}", first.stopped_at);
-    first.stopped_at
+    (first.stopped_at, straight)
+}
+
+fn lrs(dir: &Path) -> Vec<f64> {
+    step_log(dir).iter().map(|(_, _, lr)| f64::from_bits(*lr)).collect()
 }
 
 #[test]
@@ -182,4 +197,69 @@ fn policy_state_survives_a_resume() {
     resumed.resume.auto = true;
     let (second, _) = run_segment(&resumed, None, 4);
     assert_eq!(second.stopped_at, 12);
+}
+
+#[test]
+fn plateau_state_survives_a_resume() {
+    // threshold 10 (absolute): no validation after the first improves, so with patience 1
+    // every second validation halves the rate: validations at 3, 6, 9, 12, 15 → cuts at 9, 15.
+    let plateau = |c: &mut ToyConfig| {
+        c.optimizer.scheduler =
+            serde_yaml::from_str("{name: plateau, factor: 0.5, patience: 1, threshold: 10.0, threshold_mode: abs}")
+                .unwrap();
+    };
+    // Interrupted right after the validation of step 6 (one bad validation counted): a
+    // resumed plateau that forgot its state would take step 9 as its first (best) metric
+    // and cut only at step 15.
+    let (stopped, straight) = compare_with(17, 16, plateau);
+    assert_eq!(stopped, 6);
+    let lr = lrs(straight.path());
+    let expected: Vec<f64> = (1..=17)
+        .map(|s| {
+            0.02 * if s <= 9 {
+                1.0
+            } else if s <= 15 {
+                0.5
+            } else {
+                0.25
+            }
+        })
+        .collect();
+    assert_eq!(lr, expected, "the rate of each step");
+    let cuts: Vec<u64> =
+        support::events(straight.path(), Some("lr_reduced")).iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(cuts, [9, 15]);
+}
+
+#[test]
+fn onecycle_momentum_cycles_and_resumes_exactly() {
+    let onecycle = |c: &mut ToyConfig| {
+        c.optimizer.scheduler = serde_yaml::from_str("{name: onecycle, pct_start: 0.25}").unwrap();
+    };
+    let (_, straight) = compare_with(16, 12, onecycle);
+    // β1 is torch's: 0.95 → 0.85 over the rise (pct·T − 1 = 3), back to 0.95 at the end.
+    let beta1: Vec<f64> =
+        support::events(straight.path(), Some("train_step")).iter().map(|e| e["beta1"].as_f64().unwrap()).collect();
+    let cos = |a: f64, b: f64, p: f64| b + (a - b) / 2.0 * ((std::f64::consts::PI * p).cos() + 1.0);
+    let expected: Vec<f64> = (0..16u32)
+        .map(|t| {
+            let t = f64::from(t);
+            if t <= 3.0 { cos(0.95, 0.85, t / 3.0) } else { cos(0.85, 0.95, (t - 3.0) / 12.0) }
+        })
+        .collect();
+    for (t, (got, want)) in beta1.iter().zip(&expected).enumerate() {
+        assert!((got - want).abs() < 1e-12, "β1 of step {}: {got} vs {want}", t + 1);
+    }
+    // And it reaches the optimizer: the same run with β1 held at 0.9 ends elsewhere.
+    let fixed = tempfile::tempdir().unwrap();
+    let mut c = config(fixed.path(), 16);
+    onecycle(&mut c);
+    c.optimizer.scheduler.cycle_momentum = Some(false);
+    let (_, w_fixed) = run_segment(&c, None, u64::MAX);
+    let cycled = tempfile::tempdir().unwrap();
+    let mut c = config(cycled.path(), 16);
+    onecycle(&mut c);
+    let (_, w_cycled) = run_segment(&c, None, u64::MAX);
+    assert_ne!(w_fixed, w_cycled);
+    assert_eq!(lrs(fixed.path()), lrs(cycled.path()), "only β1 differs");
 }

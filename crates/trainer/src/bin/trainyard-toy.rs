@@ -9,6 +9,7 @@ use figment::value::Value;
 use trainer::cli::{self, Stage};
 use trainer::config::NoSection;
 use trainer::interrupt::Interrupts;
+use trainer::lr_find::{LrFindOptions, LrFindOutcome};
 use trainer::toy::{ToyConfig, ToyDataConfig, ToyModelConfig, ToyTask};
 use trainer::train::Trainer;
 use trainer::{LoopState, StopReason, TrainError};
@@ -42,6 +43,14 @@ impl Stage for Toy {
         let task = ToyTask::new(config);
         let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
         Ok((summary.reason, summary.state))
+    }
+
+    fn lr_find<B: AutodiffBackend>(
+        config: &ToyConfig,
+        device: &B::Device,
+        options: &LrFindOptions,
+    ) -> Result<LrFindOutcome, TrainError> {
+        Trainer::new(config.loop_config()).lr_find::<B, _>(&ToyTask::new(config), device, options)
     }
 }
 
