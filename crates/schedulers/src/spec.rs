@@ -513,6 +513,7 @@ impl SchedulerSpec {
             },
             N::Cosine => Schedule::Cosine { total: total("cosine", p), min_lr: self.min_lr },
             N::Onecycle => {
+                let known = p.len();
                 let total = total("onecycle", p);
                 let pct_start = self.pct_start.unwrap_or(0.3);
                 let three_phase = self.three_phase.unwrap_or(false);
@@ -520,7 +521,8 @@ impl SchedulerSpec {
                 // divides by zero there; refuse it instead.
                 let rise = pct_start * total as f64 - 1.0;
                 let fall_end = if three_phase { 2.0 * pct_start * total as f64 - 2.0 } else { total as f64 - 1.0 };
-                if rise <= 0.0 || fall_end <= rise || (three_phase && total as f64 - 1.0 <= fall_end) {
+                let degenerate = rise <= 0.0 || fall_end <= rise || (three_phase && total as f64 - 1.0 <= fall_end);
+                if p.len() == known && degenerate {
                     p.push(problem(
                         prefix,
                         "pct_start",
@@ -594,5 +596,58 @@ impl SchedulerSpec {
         } else {
             Schedule::Warmup { steps: warmup, start_factor: self.warmup_start_factor, inner: Box::new(inner) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> SchedulerSpec {
+        serde_json::from_str(yaml).unwrap()
+    }
+
+    fn keys(p: &[Problem]) -> Vec<&str> {
+        p.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_schedule_over_the_run_needs_the_run_length() {
+        let ctx = BuildContext { lr: 0.1, run_length: None, monitor_mode: None };
+        for name in ["cosine", "polynomial", "onecycle"] {
+            let p = spec(&format!(r#"{{"name": "{name}"}}"#)).build(ctx).unwrap_err();
+            assert_eq!(keys(&p), ["total_steps"], "{name}");
+            assert!(p[0].message.contains("needs the total number of steps"), "{}", p[0].message);
+        }
+        let given = spec(r#"{"name": "cosine", "total_steps": 50}"#).build(ctx).unwrap();
+        assert_eq!(given.lr_at(50), 0.0);
+        assert!(spec(r#"{"name": "exponential", "gamma": 0.9}"#).build(ctx).is_ok(), "needs no length");
+    }
+
+    #[test]
+    fn keys_of_other_schedules_and_bad_values_are_named() {
+        let p = spec(r#"{"name": "cosine", "pct_start": 0.3, "gamma": 0.5}"#).check(0.1);
+        assert_eq!(keys(&p), ["gamma", "pct_start"]);
+        assert!(p[1].message.contains("does not apply to `cosine`; it is read by onecycle"), "{}", p[1].message);
+        let p = spec(
+            r#"{"name": "sequential", "milestones": [10], "schedules": [{"name": "constant"},
+            {"name": "step"}]}"#,
+        )
+        .check(0.1);
+        assert_eq!(keys(&p), ["schedules[1].step_size"]);
+        let p = spec(r#"{"name": "onecycle", "pct_start": 1.5, "base_momentum": 0.99}"#).check(0.1);
+        assert_eq!(keys(&p), ["pct_start", "base_momentum"]);
+        let ctx = BuildContext { lr: 0.1, run_length: Some(3), monitor_mode: None };
+        let p = spec(r#"{"name": "onecycle"}"#).build(ctx).unwrap_err();
+        assert!(p[0].message.contains("leaves a phase with no steps"), "{p:?}");
+    }
+
+    #[test]
+    fn plateau_takes_the_direction_of_its_monitor() {
+        let ctx = BuildContext { lr: 1.0, run_length: Some(10), monitor_mode: Some(PlateauMode::Max) };
+        let s = spec(r#"{"name": "plateau"}"#).build(ctx).unwrap();
+        assert_eq!(s.plateau().unwrap().config().mode, PlateauMode::Max);
+        let s = spec(r#"{"name": "plateau", "mode": "min"}"#).build(ctx).unwrap();
+        assert_eq!(s.plateau().unwrap().config().mode, PlateauMode::Min, "an explicit mode wins");
     }
 }
