@@ -1,0 +1,13 @@
+//! Tiles for the SAR→optical stages: raster readers (GeoTIFF / COG in pure Rust, Axion-style
+//! NPZ tiles), the tiler (scenes → tiles with a manifest and leak-free splits), synthetic
+//! paired scenes, and the dataset loader (standardisation, paired augmentation, prefetch,
+//! resumable cursor). No burn dependency: the loader yields plain `f32` planes.
+
+pub mod dataset;
+pub mod geotiff;
+pub mod npz;
+pub mod synthetic;
+pub mod tile;
+pub mod tiler;
+
+pub use tile::{GeoInfo, Raster, RasterDtype, S1_KEYS, S2_KEYS, Sidecar, Split, Tile, TilingError};
