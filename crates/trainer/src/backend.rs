@@ -107,10 +107,13 @@ pub fn run_on<W: BackendRun>(spec: DeviceSpec, work: W) -> Result<W::Output, Bac
             {
                 use burn::backend::wgpu::{Wgpu, WgpuDevice};
                 wgpu_preflight(index).map_err(|reason| BackendError::Unavailable { device: spec, reason })?;
-                Ok(work.run::<burn::backend::Autodiff<Wgpu>>(
-                    WgpuDevice::DiscreteGpu(index),
-                    &format!("wgpu (discrete gpu {index})"),
-                ))
+                let device = WgpuDevice::DiscreteGpu(index);
+                let _probe = DeviceProbeGuard::install::<burn::backend::wgpu::WgpuRuntime>(
+                    device.clone(),
+                    format!("wgpu:{index}"),
+                    || None,
+                );
+                Ok(work.run::<burn::backend::Autodiff<Wgpu>>(device, &format!("wgpu (discrete gpu {index})")))
             }
             #[cfg(not(feature = "wgpu"))]
             {
@@ -123,6 +126,17 @@ pub fn run_on<W: BackendRun>(spec: DeviceSpec, work: W) -> Result<W::Output, Bac
             {
                 use burn::backend::cuda::{Cuda, CudaDevice};
                 cuda_preflight(index).map_err(|reason| BackendError::Unavailable { device: spec, reason })?;
+                // The driver's free/total need a context on the calling thread: a retained
+                // primary context of the same device (the one cubecl uses).
+                let context = cudarc::driver::CudaContext::new(index).ok();
+                let _probe = DeviceProbeGuard::install::<cubecl::cuda::CudaRuntime>(
+                    CudaDevice::new(index),
+                    format!("cuda:{index}"),
+                    move || {
+                        let (free, total) = context.as_ref()?.mem_get_info().ok()?;
+                        Some((free as u64, total as u64))
+                    },
+                );
                 Ok(work.run::<burn::backend::Autodiff<Cuda>>(CudaDevice::new(index), &format!("cuda:{index}")))
             }
             #[cfg(not(feature = "cuda"))]
@@ -131,6 +145,45 @@ pub fn run_on<W: BackendRun>(spec: DeviceSpec, work: W) -> Result<W::Output, Bac
                 Err(BackendError::NotCompiled { device: spec, feature: "cuda" })
             }
         }
+    }
+}
+
+/// Keeps a device-memory probe installed for the duration of a run on a GPU backend.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+struct DeviceProbeGuard;
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl DeviceProbeGuard {
+    /// Reads allocated / reserved bytes from cubecl's memory pool for `device` (a blocking
+    /// call into the device's server, made only when a memory line is logged) and free /
+    /// total from `driver`, where the driver says.
+    fn install<R: cubecl::Runtime>(
+        device: R::Device,
+        name: String,
+        driver: impl Fn() -> Option<(u64, u64)> + Send + Sync + 'static,
+    ) -> Self
+    where
+        R::Device: Send + Sync + 'static,
+    {
+        crate::telemetry::set_device_memory_probe(Some(Box::new(move || {
+            let usage = R::client(&device).memory_usage().ok()?;
+            let (free, total) = driver().unzip();
+            Some(crate::telemetry::DeviceMemory {
+                device: name.clone(),
+                allocated: usage.bytes_in_use,
+                reserved: usage.bytes_reserved,
+                free,
+                total,
+            })
+        })));
+        Self
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl Drop for DeviceProbeGuard {
+    fn drop(&mut self) {
+        crate::telemetry::set_device_memory_probe(None);
     }
 }
 

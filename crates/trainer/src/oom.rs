@@ -4,10 +4,22 @@
 //! the effective batch, and the gradient, stay the same. The same step is retried; the rung is
 //! saved in checkpoints and logged as an `oom` event.
 //!
-//! Where an out-of-memory is seen: a backend execution error whose message says so (cubecl
-//! reports `OutOfMemory` launch errors through `Backend::sync`; this path is written from the
-//! source and not yet exercised on a GPU), a resident-memory budget (`oom.memory_budget_bytes`,
-//! the CPU stand-in), or fault injection (`oom.inject_at_steps`) for tests.
+//! Where an out-of-memory is seen:
+//! - **A failed device allocation.** In cubecl 0.10 (burn 0.21's GPU runtime) allocations are
+//!   lazy: the device thread reserves memory when a task first needs it, and a failed
+//!   reservation (`IoError::BufferTooBig`, "can't allocate buffer of size …", which is how
+//!   cubecl-cuda reports `CUDA_ERROR_OUT_OF_MEMORY`) is an `unwrap` panic *in the device
+//!   thread*, which cubecl catches and only logs. The caller sees nothing, or a later failure.
+//!   [`watch_device_panics`] installs a panic hook that records such panics from any thread;
+//!   the loop checks [`device_oom_since`] after each attempt (and converts a panic on the
+//!   training thread that follows one into the same out-of-memory).
+//! - A backend execution error whose message says so (`LaunchError::OutOfMemory` through
+//!   `Backend::sync`).
+//! - A resident-memory budget (`oom.memory_budget_bytes`, the CPU stand-in), or fault
+//!   injection (`oom.inject_at_steps`) for tests.
+//!
+//! The detection is written from cubecl's source and exercised on the CPU by a test that
+//! panics a helper thread the way cubecl's device thread does; it has not yet run on a GPU.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,10 +58,58 @@ impl OomConfig {
     }
 }
 
-/// Whether a backend error message reports an out-of-memory.
+/// Whether a backend error or panic message reports an out-of-memory.
 pub fn is_oom_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("out-of-memory") || m.contains("outofmemory")
+    m.contains("out of memory")
+        || m.contains("out-of-memory")
+        || m.contains("outofmemory")
+        || m.contains("out_of_memory")
+        || m.contains("buffertoobig")
+        || m.contains("can't allocate buffer")
+}
+
+/// Out-of-memory panics seen so far, and the last one's text.
+static DEVICE_OOM: std::sync::Mutex<(u64, Option<String>)> = std::sync::Mutex::new((0, None));
+static WATCH: std::sync::Once = std::sync::Once::new();
+
+/// Installs (once per process) a panic hook that records out-of-memory panics from any thread
+/// — cubecl's device thread included — before chaining to the previous hook.
+pub fn watch_device_panics() {
+    WATCH.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload_as_str().map(str::to_string).unwrap_or_else(|| info.to_string());
+            if is_oom_message(&message) {
+                let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+                let mut seen = DEVICE_OOM.lock().unwrap_or_else(|p| p.into_inner());
+                seen.0 += 1;
+                seen.1 = Some(format!("{message} (panic in thread {thread})"));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// A mark to pass to [`device_oom_since`].
+pub fn device_oom_mark() -> u64 {
+    DEVICE_OOM.lock().unwrap_or_else(|p| p.into_inner()).0
+}
+
+/// The last out-of-memory panic recorded after `mark`, if any. (Process-wide: one training
+/// run per process is assumed, as the stage binaries do.)
+pub fn device_oom_since(mark: u64) -> Option<String> {
+    let seen = DEVICE_OOM.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.0 > mark { seen.1.clone() } else { None }
+}
+
+/// The text of a panic payload (`&str` or `String`; other payloads are unnamed).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".into())
 }
 
 /// Where a run stands on the ladder. Saved in checkpoints.
@@ -100,5 +160,9 @@ mod tests {
         assert!(is_oom_message("An out-of-memory error happened during launch"));
         assert!(is_oom_message("CUDA_ERROR_OUT_OF_MEMORY: out of memory"));
         assert!(!is_oom_message("device lost"));
+        assert!(is_oom_message(
+            "called `Result::unwrap()` on an `Err` value: BufferTooBig { size: 34359738368, backtrace: .. }"
+        ));
+        assert!(is_oom_message("can't allocate buffer of size: 34359738368"));
     }
 }

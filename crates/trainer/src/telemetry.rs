@@ -31,9 +31,41 @@ pub struct MemoryReading {
     pub kind: &'static str,
 }
 
-/// Memory figures at one moment: the process's resident set, and the machine's total and
-/// available memory where the platform reports them (Linux `/proc/meminfo`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Device (GPU) memory as the backend reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceMemory {
+    /// The device, e.g. `cuda:0`.
+    pub device: String,
+    /// Bytes in live tensors (cubecl's `bytes_in_use`; PyTorch's "allocated").
+    pub allocated: u64,
+    /// Bytes the backend's pool holds from the driver (cubecl's `bytes_reserved`; PyTorch's
+    /// "reserved").
+    pub reserved: u64,
+    /// Free device memory according to the driver, where it says (CUDA).
+    pub free: Option<u64>,
+    /// Total device memory according to the driver, where it says (CUDA).
+    pub total: Option<u64>,
+}
+
+type DeviceProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
+
+static DEVICE_PROBE: std::sync::RwLock<Option<DeviceProbe>> = std::sync::RwLock::new(None);
+
+/// Installs the function that reads device memory for the backend in use (the GPU backends
+/// install one in `backend::run_on`); `None` removes it.
+pub fn set_device_memory_probe(probe: Option<DeviceProbe>) {
+    *DEVICE_PROBE.write().unwrap_or_else(|p| p.into_inner()) = probe;
+}
+
+/// Device memory now, if a GPU backend is in use and reports it.
+pub fn device_memory_now() -> Option<DeviceMemory> {
+    DEVICE_PROBE.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|probe| probe())
+}
+
+/// Memory figures at one moment: the process's resident set, the machine's total and
+/// available memory where the platform reports them (Linux `/proc/meminfo`), and the
+/// device's allocated / reserved / free / total on GPU backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemorySnapshot {
     /// Process resident set in bytes.
     pub rss: Option<u64>,
@@ -41,6 +73,8 @@ pub struct MemorySnapshot {
     pub free: Option<u64>,
     /// Total memory of this machine, in bytes.
     pub total: Option<u64>,
+    /// Device memory, on a GPU backend.
+    pub device: Option<DeviceMemory>,
 }
 
 impl MemorySnapshot {
@@ -54,13 +88,35 @@ impl MemorySnapshot {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .map(|kib| kib * 1024)
         };
-        Self { rss: memory_now().map(|m| m.bytes), free: field("MemAvailable:"), total: field("MemTotal:") }
+        Self {
+            rss: memory_now().map(|m| m.bytes),
+            free: field("MemAvailable:"),
+            total: field("MemTotal:"),
+            device: device_memory_now(),
+        }
     }
 
-    /// Seed-style line: `RSS=0.42GB, Free=20.10GB, Total=23.40GB`.
+    /// Seed-style line: `GPU Memory (cuda:0): Allocated=4.23GB, Reserved=4.50GB, Free=1.77GB,
+    /// Total=6.00GB` on a GPU backend, else `Memory (host, process RSS): RSS=0.42GB,
+    /// Free=20.10GB, Total=23.40GB`.
     pub fn line(&self) -> String {
         let gb = |b: Option<u64>| b.map(|b| format!("{:.2}GB", b as f64 / 1e9)).unwrap_or_else(|| "n/a".into());
-        format!("RSS={}, Free={}, Total={}", gb(self.rss), gb(self.free), gb(self.total))
+        match &self.device {
+            Some(d) => format!(
+                "GPU Memory ({}): Allocated={}, Reserved={}, Free={}, Total={}",
+                d.device,
+                gb(Some(d.allocated)),
+                gb(Some(d.reserved)),
+                gb(d.free),
+                gb(d.total)
+            ),
+            None => format!(
+                "Memory (host, process RSS): RSS={}, Free={}, Total={}",
+                gb(self.rss),
+                gb(self.free),
+                gb(self.total)
+            ),
+        }
     }
 }
 
@@ -178,10 +234,11 @@ impl Telemetry {
     /// lines, and a `memory` event).
     pub fn memory(&mut self, step: u64, point: &str) -> io::Result<()> {
         let m = MemorySnapshot::now();
-        self.progress.message(&format!("[Step {step} - {point}] Memory (host, process RSS): {}", m.line()));
+        self.progress.message(&format!("[Step {step} - {point}] {}", m.line()));
         self.event(
             "memory",
-            json!({"step": step, "point": point, "rss_bytes": m.rss, "free_bytes": m.free, "total_bytes": m.total}),
+            json!({"step": step, "point": point, "rss_bytes": m.rss, "free_bytes": m.free, "total_bytes": m.total,
+                   "device": m.device}),
         )
     }
 
@@ -507,6 +564,27 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_device_probe_turns_the_memory_line_into_the_seed_gpu_line() {
+        use super::{DeviceMemory, MemorySnapshot, set_device_memory_probe};
+        let host = MemorySnapshot::now();
+        assert!(host.line().starts_with("Memory (host, process RSS): RSS="), "{}", host.line());
+        set_device_memory_probe(Some(Box::new(|| {
+            Some(DeviceMemory {
+                device: "cuda:0".into(),
+                allocated: 4_230_000_000,
+                reserved: 4_500_000_000,
+                free: Some(1_770_000_000),
+                total: Some(6_000_000_000),
+            })
+        })));
+        let gpu = MemorySnapshot::now();
+        set_device_memory_probe(None);
+        assert_eq!(gpu.line(), "GPU Memory (cuda:0): Allocated=4.23GB, Reserved=4.50GB, Free=1.77GB, Total=6.00GB");
+        assert_eq!(gpu.device.as_ref().map(|d| d.reserved), Some(4_500_000_000));
+        assert!(MemorySnapshot::now().device.is_none(), "removed again");
+    }
+
     use super::*;
 
     #[test]

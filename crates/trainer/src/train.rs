@@ -581,6 +581,9 @@ impl<'a> Trainer<'a> {
         let cfg = self.config.clone();
         let t = cfg.training;
         let n = task.train_len();
+        if cfg.oom.enabled {
+            oom::watch_device_panics();
+        }
         if n == 0 {
             return Err(TrainError::EmptyDataset);
         }
@@ -949,7 +952,23 @@ impl<'a> Trainer<'a> {
                 let mut inject = cfg.oom.inject_at_steps.contains(&(st.step + 1));
                 let (mut gradients, loss_sum, metric_sums, mut offender) = loop {
                     let micro = rung.micro_batches(window);
-                    match attempt(&micro, std::mem::take(&mut inject)) {
+                    // A GPU allocation failure may show up only as a panic in the backend's
+                    // device thread (recorded by the panic watch), possibly followed by a panic
+                    // here when a value is read back; both count as out-of-memory.
+                    let mark = oom::device_oom_mark();
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        attempt(&micro, std::mem::take(&mut inject))
+                    }));
+                    let outcome = match (outcome, oom::device_oom_since(mark)) {
+                        (Ok(Ok(_)) | Err(_), Some(device)) => Err(device),
+                        (Ok(Err(reason)), Some(device)) => Err(format!("{reason}; {device}")),
+                        (Ok(result), None) => result,
+                        (Err(panic), None) => {
+                            let text = oom::panic_text(panic.as_ref());
+                            if oom::is_oom_message(&text) { Err(text) } else { std::panic::resume_unwind(panic) }
+                        }
+                    };
+                    match outcome {
                         Ok(done) => break done,
                         Err(reason) => {
                             let action = if !cfg.oom.enabled {

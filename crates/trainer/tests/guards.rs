@@ -252,3 +252,21 @@ fn the_stage_knob_is_lowered_first_then_micro_batches_are_split_and_the_knob_sur
     c.resume.auto = true;
     assert_eq!(run(&c, 10).unwrap(), 4);
 }
+
+#[test]
+fn a_panic_that_is_not_out_of_memory_still_propagates() {
+    struct Bug;
+    impl support::ToyHooks for Bug {
+        fn train_step(&self, _out: &mut StepOutput<B>) {
+            panic!("index out of bounds: the len is 3 but the index is 7");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let task = support::HookedToy { inner: ToyTask::new(&c), hooks: Bug };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Trainer::new(c.loop_config()).run::<B, _>(&task, &Default::default())
+    }));
+    assert!(outcome.is_err(), "a real bug is not retried as out-of-memory");
+    assert!(support::events(dir.path(), Some("oom")).is_empty());
+}
