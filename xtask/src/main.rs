@@ -4,6 +4,8 @@
 //! - `smoke [--stage NAME]`: overfit one batch per stage on the CPU and check the loss drop.
 //! - `check-backends`: build the binaries with the `wgpu` and `cuda` features (own target dir).
 //! - `bench [FILTER]`: criterion benchmarks of training steps.
+//! - `tile -- ARGS`: build `trainyard-tile` in release and run it with ARGS (scenes or
+//!   `--synthetic N` → NPZ tiles, sidecars, manifest; see `trainyard-tile --help`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +54,15 @@ enum Cmd {
     Bench {
         /// Benchmark name filter passed to criterion.
         filter: Option<String>,
+    },
+    /// Cut scenes into NPZ tiles: builds `trainyard-tile` in release and runs it with the arguments
+    /// after `--`, e.g. `cargo xtask tile -- --synthetic 3 --out tiles` or
+    /// `cargo xtask tile -- --scenes scenes.csv --out tiles` (`cargo xtask tile -- --help` for all).
+    #[command(trailing_var_arg = true)]
+    Tile {
+        /// Arguments passed to trainyard-tile (relative paths are resolved from the current directory).
+        #[arg(allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
 }
 
@@ -227,11 +238,27 @@ fn bench(filter: Option<&str>) -> Result<()> {
     run(b, "benchmarks")
 }
 
+/// `cargo run --release -p tiling --bin trainyard-tile -- ARGS`, from the caller's directory (so
+/// relative paths in ARGS mean what they say), exiting with the tiler's own status (2: bad input,
+/// 1: cannot write the output).
+fn tile(args: &[String]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("run").arg("--locked").arg("--release").arg("--manifest-path").arg(root().join("Cargo.toml"));
+    cmd.args(["-p", "tiling", "--bin", "trainyard-tile", "--"]).args(args);
+    eprintln!("xtask: tile: {cmd:?}");
+    let status = cmd.status().context("starting cargo run for trainyard-tile")?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { stage } => ci(stage.as_deref()),
         Cmd::Smoke { stage } => smoke(stage.as_deref()).map(drop),
         Cmd::CheckBackends => check_backends(),
         Cmd::Bench { filter } => bench(filter.as_deref()),
+        Cmd::Tile { args } => tile(&args),
     }
 }

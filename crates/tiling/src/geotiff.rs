@@ -5,7 +5,9 @@
 //! [`read_geotiff`] reads a whole image, [`read_window`] a rectangle of it; both return a
 //! band-major `f32` [`Raster`]. A window read decodes only the strips or tiles the window
 //! touches, which is what makes a COG cheap to cut into tiles. [`GeoTiff`] keeps the file open
-//! for many window reads, and [`read_info`] reads the header alone.
+//! for many window reads, and [`read_info`] reads the header alone. [`write_geotiff`] writes a
+//! [`Raster`] back out (uncompressed strips, with its georeferencing and nodata), readable here,
+//! by GDAL and by rasterio.
 //!
 //! Supported:
 //!
@@ -40,6 +42,7 @@
 //! not applied.
 
 mod decode;
+mod encode;
 mod georef;
 
 use std::fs::File;
@@ -51,6 +54,7 @@ use tiff::decoder::{ChunkType, Decoder, Limits};
 use tiff::tags::Tag;
 use tiff::{TiffError, TiffFormatError, TiffResult};
 
+pub use encode::{WriteOptions, encode_geotiff, write_geotiff};
 pub use georef::window_geotransform;
 
 use crate::tile::{GeoInfo, Raster, RasterDtype, TilingError};

@@ -4,6 +4,8 @@
 //! resumable cursor). No burn dependency: the loader yields plain `f32` planes.
 
 pub mod dataset;
+#[cfg(feature = "gdal")]
+pub mod gdal_reader;
 pub mod geotiff;
 pub mod npz;
 pub mod synthetic;

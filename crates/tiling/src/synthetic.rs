@@ -20,7 +20,10 @@
 //!
 //! Everything produced here says it is synthetic: raster sources are `synthetic://seed-<seed>/
 //! scene-<index>/s1` (and `/s2`), tile sidecars have `synthetic: true`, `source_files` holding those
-//! `synthetic://` names and `"generator": "tiling::synthetic"`.
+//! `synthetic://` names and `"generator": "tiling::synthetic"`. Scenes exported as GeoTIFF
+//! ([`SyntheticScene::write_geotiffs`]) say so in their description and GDAL metadata, and carry a
+//! fake UTM georeference ([`fake_geo`]); tiles cut from those files by path are not flagged
+//! synthetic by the tiler, as it only sees file names.
 //!
 //! Determinism: every random draw comes from ChaCha8 streams seeded from `(seed, scene index,
 //! purpose)` and is turned into numbers by this module's own helpers (not `rand`'s distributions),
@@ -29,13 +32,14 @@
 //! map and the optical bands unchanged.
 
 use std::f64::consts::PI;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::tile::{Raster, RasterDtype, Sidecar, Split, Tile};
+use crate::geotiff::{WriteOptions, write_geotiff};
+use crate::tile::{GeoInfo, Raster, RasterDtype, Sidecar, Split, Tile, TilingError};
 use crate::tiler::{s1_to_db, s2_to_reflectance};
 
 /// Land-cover classes of the latent map (`SyntheticScene::classes` holds their `u8` codes).
@@ -358,6 +362,81 @@ impl SyntheticScene {
         }
     }
 
+    /// The scene with both rasters placed on the fake UTM grid of [`fake_geo`] (it keeps any
+    /// georeferencing it already has).
+    pub fn with_fake_georeference(mut self) -> SyntheticScene {
+        let geo = fake_geo(self.width, self.height, self.index);
+        for r in [&mut self.s1, &mut self.s2] {
+            r.geo.get_or_insert_with(|| geo.clone());
+        }
+        self
+    }
+
+    /// The cloud mask implied by S2 (cloud pixels are 0 DN, valid ones at least 1): a 1-band
+    /// `U8` raster, 1 for cloud, on the S2 grid, source `synthetic://seed-<seed>/scene-<i>/cloud_mask`;
+    /// `None` when the scene has no cloud.
+    pub fn cloud_mask(&self) -> Option<Raster> {
+        let n = self.width * self.height;
+        let data: Vec<f32> = self.s2.data[..n].iter().map(|&v| if v == 0.0 { 1.0 } else { 0.0 }).collect();
+        data.contains(&1.0).then(|| Raster {
+            source: PathBuf::from(format!("{}/cloud_mask", self.source_base())),
+            width: self.width,
+            height: self.height,
+            bands: 1,
+            dtype: RasterDtype::U8,
+            nodata: None,
+            geo: self.s2.geo.clone(),
+            data,
+        })
+    }
+
+    /// Writes the scene as GeoTIFFs into `dir` (created if missing): `<id>_s1.tif` (VV, VH linear
+    /// σ0 power, float32), `<id>_s2.tif` (B2, B3, B4, B8 DN, uint16, GDAL_NODATA 0) and, when the
+    /// scene has clouds, `<id>_cloud_mask.tif` (uint8, 1 = cloud). Uncompressed strips; the
+    /// georeferencing is the scene's own or else the fake one of [`fake_geo`]. Every file says it
+    /// is synthetic: `ImageDescription`, and GDAL metadata items `SYNTHETIC=true`, `SOURCE`
+    /// (the `synthetic://` name) and `GENERATOR=tiling::synthetic`, plus band descriptions.
+    /// [`crate::geotiff::read_geotiff`] reads back exactly the values of [`SyntheticScene::s1`]
+    /// and [`SyntheticScene::s2`].
+    pub fn write_geotiffs(&self, dir: &Path) -> Result<SceneFiles, TilingError> {
+        std::fs::create_dir_all(dir).map_err(|source| TilingError::Io { path: dir.to_path_buf(), source })?;
+        let geo = fake_geo(self.width, self.height, self.index);
+        let write = |raster: &Raster, suffix: &str, content: &str, bands: &[&str]| {
+            let path = dir.join(format!("{}_{suffix}.tif", self.id));
+            let mut raster = raster.clone();
+            raster.geo.get_or_insert_with(|| geo.clone());
+            let source = raster.source.to_string_lossy().into_owned();
+            let options = WriteOptions {
+                description: Some(format!(
+                    "SYNTHETIC scene rendered by trainyard tiling::synthetic ({source}): {content}. Not real \
+                     Sentinel data; the georeference (EPSG:{FAKE_EPSG}, {FAKE_PIXEL_M} m pixels) is fake."
+                )),
+                band_names: bands.iter().map(|b| b.to_string()).collect(),
+                metadata: vec![
+                    ("SYNTHETIC".into(), "true".into()),
+                    ("SOURCE".into(), source),
+                    ("GENERATOR".into(), "tiling::synthetic".into()),
+                    ("CONTENT".into(), content.into()),
+                ],
+            };
+            write_geotiff(&path, &raster, &options).map(|()| path)
+        };
+        Ok(SceneFiles {
+            id: self.id.clone(),
+            s1: write(&self.s1, "s1", "Sentinel-1 VV, VH as linear sigma0 power", &["VV", "VH"])?,
+            s2: write(
+                &self.s2,
+                "s2",
+                "Sentinel-2 L2A B2, B3, B4, B8 as DN (reflectance x 10000), nodata 0",
+                &["B2", "B3", "B4", "B8"],
+            )?,
+            cloud_mask: self
+                .cloud_mask()
+                .map(|m| write(&m, "cloud_mask", "cloud mask, 1 = cloud", &["cloud_mask"]))
+                .transpose()?,
+        })
+    }
+
     /// Cuts the scene into non-overlapping `size × size` tiles (row-major; a remainder at the
     /// right/bottom edge is dropped), all assigned to `split`, with the tiler's default arithmetic:
     /// S1 to dB with [`crate::tiler::s1_to_db`] and a floor of [`TILE_S1_DB_FLOOR`], S2 to
@@ -430,6 +509,55 @@ impl SyntheticScene {
         let s = self.s1.source.to_string_lossy();
         s.strip_suffix("/s1").unwrap_or(&s).to_string()
     }
+}
+
+/// EPSG code of the fake georeference of exported synthetic scenes (WGS 84 / UTM zone 33N).
+pub const FAKE_EPSG: u32 = 32633;
+/// Pixel size of the fake georeference, in metres.
+pub const FAKE_PIXEL_M: f64 = 10.0;
+
+/// A fake but valid georeference for synthetic scene `index` of `width × height` pixels:
+/// EPSG:32633, north-up, [`FAKE_PIXEL_M`] m pixels. Scenes are laid out 8 to a row, 10 km apart,
+/// from (300 000 E, 6 000 000 N) eastwards then southwards, so that scene footprints of one size do
+/// not overlap. Only the grid is meant: the location says nothing about the content.
+pub fn fake_geo(width: usize, height: usize, index: u64) -> GeoInfo {
+    let (col, row) = ((index % 8) as f64, (index / 8) as f64);
+    let x0 = 300_000.0 + col * (width as f64 * FAKE_PIXEL_M + 10_000.0);
+    let y0 = 6_000_000.0 - row * (height as f64 * FAKE_PIXEL_M + 10_000.0);
+    GeoInfo {
+        geotransform: [x0, FAKE_PIXEL_M, 0.0, y0, 0.0, -FAKE_PIXEL_M],
+        epsg: Some(FAKE_EPSG),
+        crs: Some(format!("EPSG:{FAKE_EPSG}")),
+    }
+}
+
+/// The files of one scene as listed in a `trainyard-tile --scenes` CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SceneFiles {
+    /// Scene id.
+    pub id: String,
+    /// Sentinel-1 GeoTIFF.
+    pub s1: PathBuf,
+    /// Sentinel-2 GeoTIFF.
+    pub s2: PathBuf,
+    /// Cloud mask GeoTIFF, if any.
+    pub cloud_mask: Option<PathBuf>,
+}
+
+/// Writes the scene list `trainyard-tile --scenes` reads: header `scene_id,s1,s2,cloud_mask`,
+/// one row per scene, paths relative to the list's directory when they lie under it.
+pub fn write_scene_list(path: &Path, scenes: &[SceneFiles]) -> Result<(), TilingError> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let rel = |p: &Path| p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned();
+    let err = |e: csv::Error| TilingError::Format { path: path.to_path_buf(), message: format!("cannot write: {e}") };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["scene_id", "s1", "s2", "cloud_mask"]).map_err(err)?;
+    for s in scenes {
+        let mask = s.cloud_mask.as_deref().map(rel).unwrap_or_default();
+        w.write_record([s.id.clone(), rel(&s.s1), rel(&s.s2), mask]).map_err(err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| TilingError::Io { path: path.to_path_buf(), source: e.into_error() })?;
+    crate::npz::write_atomic(path, &bytes)
 }
 
 /// The split of synthetic scene `index` in [`synthetic_tiles`]: `index % 4 == 1` → validation,

@@ -6,6 +6,12 @@
 //! `scene_id,s1,s2,cloud_mask` (`cloud_mask` may be empty or the column absent; relative paths are
 //! resolved against the CSV's directory).
 //!
+//! Synthetic scenes: `trainyard-tile --synthetic N [--synthetic-size W H] [--synthetic-seed S] --out DIR`
+//! renders N paired scenes with `tiling::synthetic` (on a fake UTM grid) and tiles them the same
+//! way; their sidecars say `synthetic: true` and their sources are `synthetic://` names. With
+//! `--write-scene-tiffs DIR` the rendered scenes are also written as GeoTIFFs plus a `scenes.csv`
+//! for `--scenes`; without `--out` that is all it does.
+//!
 //! Exit status: 0 on success, 2 for bad input (unreadable or inconsistent rasters, malformed CSV,
 //! invalid options), 1 when the output cannot be written.
 
@@ -16,12 +22,13 @@ use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use tiling::TilingError;
 use tiling::npz::Dtype;
+use tiling::synthetic::{SceneFiles, SyntheticConfig, SyntheticScene, write_scene_list};
 use tiling::tiler::{Scene, SkipReason, SplitBy, SplitRatios, Tiler, TilerConfig};
 
 /// Cut S1/S2 scenes into Axion-style NPZ tiles with sidecars, a manifest and scene/region splits.
 #[derive(Debug, Parser)]
 #[command(name = "trainyard-tile", version)]
-#[command(group(ArgGroup::new("input").required(true).args(["s1", "scenes"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["s1", "scenes", "synthetic"])))]
 struct Args {
     /// Sentinel-1 GeoTIFF with 2 bands (VV, VH), linear σ0 power (or dB with --s1-db).
     #[arg(long, value_name = "TIF", requires_all = ["s2", "scene_id"])]
@@ -38,11 +45,25 @@ struct Args {
     /// CSV list of scenes with the columns scene_id, s1, s2 and optionally cloud_mask (instead of --s1/--s2).
     #[arg(long, value_name = "CSV", conflicts_with_all = ["s1", "s2", "cloud_mask", "scene_id"])]
     scenes: Option<PathBuf>,
-    // A `--synthetic N` option (scenes rendered by `tiling::synthetic`) belongs in the `input`
-    // group above and becomes one more `SceneSource` variant; see `scene_sources`.
-    /// Output directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    /// Render N synthetic paired scenes (tiling::synthetic, clearly labelled) instead of reading files.
+    #[arg(long, value_name = "N", conflicts_with_all = ["s1", "s2", "cloud_mask", "scene_id", "scenes", "s1_db"])]
+    synthetic: Option<usize>,
+    /// Width and height of every synthetic scene in pixels [default: 512 512].
+    #[arg(long, num_args = 2, value_names = ["W", "H"], requires = "synthetic", conflicts_with_all = ["s1", "scenes"])]
+    synthetic_size: Option<Vec<usize>>,
+    /// Seed of the synthetic scenes (default: --seed).
+    #[arg(long, value_name = "S", requires = "synthetic", conflicts_with_all = ["s1", "scenes"])]
+    synthetic_seed: Option<u64>,
+    /// Cloud blobs per synthetic scene (written as S2 nodata and as a cloud mask) [default: 0].
+    #[arg(long, value_name = "N", requires = "synthetic", conflicts_with_all = ["s1", "scenes"])]
+    synthetic_clouds: Option<usize>,
+    /// Also write the synthetic scenes as GeoTIFFs (S1 float32 linear power, S2 uint16 DN, cloud mask
+    /// uint8; fake UTM georeference) with a scenes.csv for --scenes, into DIR.
+    #[arg(long, value_name = "DIR", requires = "synthetic", conflicts_with_all = ["s1", "scenes"])]
+    write_scene_tiffs: Option<PathBuf>,
+    /// Output directory (created if missing); optional with --write-scene-tiffs (export only).
+    #[arg(long, value_name = "DIR", required_unless_present = "write_scene_tiffs")]
+    out: Option<PathBuf>,
     /// Tile side in pixels.
     #[arg(long, default_value_t = 256)]
     size: usize,
@@ -96,7 +117,17 @@ enum SplitUnit {
 
 /// Where a scene's rasters come from.
 enum SceneSource {
-    Files { id: String, s1: PathBuf, s2: PathBuf, cloud_mask: Option<PathBuf> },
+    Files {
+        id: String,
+        s1: PathBuf,
+        s2: PathBuf,
+        cloud_mask: Option<PathBuf>,
+    },
+    /// Scene `index` rendered by `tiling::synthetic` from `config`.
+    Synthetic {
+        config: SyntheticConfig,
+        index: u64,
+    },
 }
 
 /// An error and the exit status it maps to.
@@ -123,18 +154,36 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), Failure> {
     let config = config(args).map_err(bad_input)?;
     let sources = scene_sources(args).map_err(bad_input)?;
+    let synthetic = args.synthetic.is_some();
+    let kind = if synthetic { "synthetic scene" } else { "scene" };
     let threads =
         if args.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { args.threads };
-    let mut tiler = Tiler::new(&args.out, config).map_err(|e| classify(e, "starting the run"))?.with_threads(threads);
+    let mut tiler = match &args.out {
+        Some(out) => Some(Tiler::new(out, config).map_err(|e| classify(e, "starting the run"))?.with_threads(threads)),
+        None => None,
+    };
+    let mut exported: Vec<SceneFiles> = Vec::new();
     for source in sources {
-        let scene = load(source, args.s1_db).map_err(bad_input)?;
+        let scene = load(source, args.s1_db, args.write_scene_tiffs.as_deref(), &mut exported)?;
+        let Some(tiler) = tiler.as_mut() else { continue };
         let id = scene.id.clone();
-        let report = tiler.add_scene(scene).map_err(|e| classify(e, &format!("tiling scene `{id}`")))?;
+        let report = tiler.add_scene(scene).map_err(|e| classify(e, &format!("tiling {kind} `{id}`")))?;
         eprintln!(
-            "scene {id}: {} of {} windows written, {} skipped (too few valid pixels)",
+            "{kind} {id}: {} of {} windows written, {} skipped (too few valid pixels)",
             report.written, report.windows, report.skipped
         );
     }
+    if let Some(dir) = &args.write_scene_tiffs {
+        let list = dir.join("scenes.csv");
+        write_scene_list(&list, &exported).map_err(|e| classify(e, "writing the scene list"))?;
+        eprintln!(
+            "{} synthetic scenes written as GeoTIFF to {} (list: {}; fake georeference, not real data)",
+            exported.len(),
+            dir.display(),
+            list.display()
+        );
+    }
+    let (Some(tiler), Some(out)) = (tiler, &args.out) else { return Ok(()) };
     let manifest = tiler.finish().map_err(|e| classify(e, "writing sidecars and manifest"))?;
     let s = &manifest.summary;
     let reasons: Vec<String> = s
@@ -146,14 +195,17 @@ fn run(args: &Args) -> Result<(), Failure> {
         })
         .collect();
     eprintln!(
-        "{} tiles written to {} (train {}, val {}, test {}); {} windows skipped{}",
+        "{} tiles from {} {kind}{} written to {} (train {}, val {}, test {}); {} windows skipped{}{}",
         s.tiles_written,
-        args.out.display(),
+        manifest.scenes.len(),
+        if manifest.scenes.len() == 1 { "" } else { "s" },
+        out.display(),
         s.tiles_per_split.train,
         s.tiles_per_split.val,
         s.tiles_per_split.test,
         s.skipped.total,
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        if synthetic { "; synthetic data, every sidecar says synthetic: true" } else { "" }
     );
     if !s.scenes_smaller_than_tile.is_empty() {
         eprintln!(
@@ -206,6 +258,18 @@ fn scene_sources(args: &Args) -> anyhow::Result<Vec<SceneSource>> {
     if let Some(csv) = &args.scenes {
         return read_scene_list(csv);
     }
+    if let Some(n) = args.synthetic {
+        // clap guarantees two values when the option is given.
+        let (width, height) = args.synthetic_size.as_deref().map_or((512, 512), |s| (s[0], s[1]));
+        if n == 0 || width == 0 || height == 0 {
+            bail!("--synthetic {n} --synthetic-size {width} {height}: need at least one scene of at least 1x1 pixels");
+        }
+        let config = SyntheticConfig {
+            cloud_count: args.synthetic_clouds.unwrap_or(0),
+            ..SyntheticConfig::new(width, height, args.synthetic_seed.unwrap_or(args.seed))
+        };
+        return Ok((0..n as u64).map(|index| SceneSource::Synthetic { config: config.clone(), index }).collect());
+    }
     // clap guarantees --s2 and --scene-id come with --s1.
     let (Some(s1), Some(s2), Some(id)) = (&args.s1, &args.s2, &args.scene_id) else {
         bail!("give --s1, --s2 and --scene-id, or --scenes");
@@ -251,19 +315,40 @@ fn read_scene_list(path: &Path) -> anyhow::Result<Vec<SceneSource>> {
     Ok(sources)
 }
 
-fn load(source: SceneSource, s1_is_db: bool) -> anyhow::Result<Scene> {
+/// Reads or renders a scene; a synthetic one is also written as GeoTIFF into `export` if given
+/// (its files are appended to `exported`).
+fn load(
+    source: SceneSource,
+    s1_is_db: bool,
+    export: Option<&Path>,
+    exported: &mut Vec<SceneFiles>,
+) -> Result<Scene, Failure> {
     match source {
         SceneSource::Files { id, s1, s2, cloud_mask } => {
             let read = |p: &Path, what: &str| {
                 tiling::geotiff::read_geotiff(p).with_context(|| format!("reading the {what} of scene `{id}`"))
             };
-            Ok(Scene {
-                s1: read(&s1, "S1 raster")?,
-                s2: read(&s2, "S2 raster")?,
-                cloud_mask: cloud_mask.as_deref().map(|m| read(m, "cloud mask")).transpose()?,
-                s1_is_db,
-                id,
-            })
+            let scene = (|| {
+                Ok(Scene {
+                    s1: read(&s1, "S1 raster")?,
+                    s2: read(&s2, "S2 raster")?,
+                    cloud_mask: cloud_mask.as_deref().map(|m| read(m, "cloud mask")).transpose()?,
+                    s1_is_db,
+                    id: id.clone(),
+                })
+            })();
+            scene.map_err(bad_input)
+        }
+        SceneSource::Synthetic { config, index } => {
+            let scene = SyntheticScene::generate(&config, index).with_fake_georeference();
+            if let Some(dir) = export {
+                let files =
+                    scene.write_geotiffs(dir).map_err(|e| classify(e, &format!("exporting scene `{}`", scene.id)))?;
+                exported.push(files);
+            }
+            // As `SyntheticScene::to_scene`, without copying the rasters, plus the cloud mask.
+            let cloud_mask = scene.cloud_mask();
+            Ok(Scene { id: scene.id, s1: scene.s1, s1_is_db: false, s2: scene.s2, cloud_mask })
         }
     }
 }
