@@ -246,7 +246,10 @@ impl SimConfig {
             return bad("split fractions must be >= 0 with a positive sum");
         }
         let (y, m, d) = self.start_date;
-        if !(1..=12).contains(&m) || d == 0 || osm::civil_from_days(days_from_civil(y, m, d)) != (i64::from(y), m, d) {
+        if !(1..=12).contains(&m)
+            || d == 0
+            || osm::civil_from_days(days_from_civil(i64::from(y), m, d)) != (i64::from(y), m, d)
+        {
             return bad("start_date is not a calendar date");
         }
         Ok(())
@@ -370,7 +373,7 @@ pub fn simulate(net: &Network, config: &SimConfig) -> Result<Simulation, SimErro
     let base_tt: Vec<f64> =
         net.lengths.iter().zip(&net.highways).map(|(l, h)| l / (free_flow_speed_kmh(h) / 3.6)).collect();
 
-    let first_day = days_from_civil(config.start_date.0, config.start_date.1, config.start_date.2);
+    let first_day = days_from_civil(i64::from(config.start_date.0), config.start_date.1, config.start_date.2);
     // 1970-01-01 was a Thursday: weekday index 0 = Monday … 6 = Sunday.
     let (weekend, weekdays): (Vec<i64>, Vec<i64>) =
         (first_day..first_day + i64::from(config.days)).partition(|d| (d + 3).rem_euclid(7) >= 5);

@@ -68,7 +68,7 @@ fn parse_utc(text: &str) -> i64 {
     assert!(b.len() == 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[19] == b'Z', "{text}");
     assert!(b[13] == b':' && b[16] == b':', "{text}");
     let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
-    let days = days_from_civil(n(0..4) as i32, n(5..7) as u32, n(8..10) as u32);
+    let days = days_from_civil(n(0..4), n(5..7) as u32, n(8..10) as u32);
     let t = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
     assert_eq!(format_utc(t), text);
     t
@@ -281,7 +281,7 @@ fn check_simulation(net: &Network, sim: &Simulation, config: &SimConfig) {
     let s = &sim.stats;
     assert_eq!(s.attempts, s.trips + s.no_path + s.too_short + s.too_long);
     assert_eq!(s.split.iter().sum::<usize>(), s.trips);
-    let first_day = days_from_civil(config.start_date.0, config.start_date.1, config.start_date.2);
+    let first_day = days_from_civil(i64::from(config.start_date.0), config.start_date.1, config.start_date.2);
     let mut ids = HashSet::new();
     for t in sim.all() {
         assert!(ids.insert(t.traj_id), "traj_id {} in two splits", t.traj_id);
