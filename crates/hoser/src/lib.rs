@@ -3,5 +3,6 @@
 //! a trip simulator. The burn model and trainer build on these.
 
 pub mod data;
+pub mod model;
 pub mod osm;
 pub mod simulate;
