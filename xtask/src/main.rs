@@ -24,8 +24,15 @@ struct StageInfo {
 }
 
 /// Every stage, in registration order. The toy task comes first; each later stage adds itself.
-const STAGES: &[StageInfo] =
-    &[StageInfo { name: "toy", package: "trainer", bin: "trainyard-toy", smoke_config: "configs/smoke/toy.yaml" }];
+const STAGES: &[StageInfo] = &[
+    StageInfo { name: "toy", package: "trainer", bin: "trainyard-toy", smoke_config: "configs/smoke/toy.yaml" },
+    StageInfo {
+        name: "hoser-vanilla",
+        package: "hoser-vanilla",
+        bin: "hoser-vanilla",
+        smoke_config: "configs/smoke/hoser-vanilla.yaml",
+    },
+];
 
 #[derive(Parser)]
 #[command(about = "trainyard project automation")]
