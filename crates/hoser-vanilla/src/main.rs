@@ -51,6 +51,29 @@ impl Stage for Vanilla {
         o
     }
 
+    /// Upstream `train.py`'s settings: AdamW lr 1e-3, weight decay 0.1, linear warm-up over
+    /// 10 % of the run then cosine, gradient-norm clip 1.0, batch 256; every epoch kept and the
+    /// best by validation next-step accuracy exported as `best`; runs in seed 002's
+    /// `save/{dataset}/seed{seed}`. The budget (`training.epochs`, upstream 25) comes from the
+    /// config file or `--epochs`.
+    fn defaults() -> Vec<(String, Value)> {
+        vec![
+            ("output_dir".into(), Value::from("save/{dataset}/seed{seed}")),
+            ("training.batch_size".into(), Value::from(256u64)),
+            ("training.gradient_clip_norm".into(), Value::from(1.0)),
+            ("optimizer.lr".into(), Value::from(1e-3)),
+            ("optimizer.weight_decay".into(), Value::from(0.1)),
+            ("optimizer.scheduler.name".into(), Value::from("cosine")),
+            ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
+            ("checkpoint.per_epoch".into(), Value::from(true)),
+            ("checkpoint.export_best".into(), Value::from("best")),
+        ]
+    }
+
+    fn output_dir_vars(config: &VanillaConfig) -> Vec<(&'static str, String)> {
+        vec![("dataset", config.data.dataset.clone())]
+    }
+
     fn train<B: AutodiffBackend>(
         config: &VanillaConfig,
         device: &B::Device,

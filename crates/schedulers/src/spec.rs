@@ -77,6 +77,9 @@ pub struct SchedulerSpec {
     pub warmup_steps: u64,
     /// Fraction of `lr` at index 0 of the warm-up (0 = HF's warm-up from zero).
     pub warmup_start_factor: f64,
+    /// Warm-up as a fraction of the run (HF `warmup_ratio`, HOSER's `warmup_ratio`):
+    /// `ceil(ratio · run length)` indices. As in HF, a non-zero `warmup_steps` overrides it.
+    pub warmup_ratio: Option<f64>,
     /// Floor: `eta_min` of cosine and sgdr, the end of polynomial, plateau's `min_lr`.
     pub min_lr: f64,
     /// Length of cosine / polynomial / onecycle in indices; default: the run's length minus
@@ -149,6 +152,7 @@ impl Default for SchedulerSpec {
             interval: Interval::Step,
             warmup_steps: 0,
             warmup_start_factor: 0.0,
+            warmup_ratio: None,
             min_lr: 0.0,
             total_steps: None,
             step_size: None,
@@ -300,7 +304,14 @@ impl SchedulerSpec {
                 format!("expected a fraction of lr in [0, 1], got {}", self.warmup_start_factor),
             ));
         }
-        if self.warmup_steps > 0 && matches!(self.name, N::Onecycle | N::Cyclical) {
+        if let Some(r) = self.warmup_ratio
+            && !(0.0..1.0).contains(&r)
+        {
+            p.push(problem(prefix, "warmup_ratio", format!("expected a fraction of the run in [0, 1), got {r}")));
+        }
+        if (self.warmup_steps > 0 || self.warmup_ratio.is_some_and(|r| r > 0.0))
+            && matches!(self.name, N::Onecycle | N::Cyclical)
+        {
             p.push(problem(
                 prefix,
                 "warmup_steps",
@@ -466,7 +477,14 @@ impl SchedulerSpec {
     /// The schedule of this spec over `length` indices (its own, after the warm-up).
     fn schedule(&self, prefix: &str, lr: f64, length: Option<u64>, p: &mut Problems) -> Schedule {
         use ScheduleName as N;
-        let warmup = self.warmup_steps;
+        let warmup = match (self.warmup_ratio.filter(|_| self.warmup_steps == 0), length) {
+            (Some(r), Some(len)) => (r * len as f64).ceil() as u64,
+            (Some(_), None) => {
+                p.push(problem(prefix, "warmup_ratio", "needs the run length: give the run a budget"));
+                0
+            }
+            (None, _) => self.warmup_steps,
+        };
         if let Some(len) = length
             && warmup > 0
             && warmup >= len
@@ -640,6 +658,20 @@ mod tests {
         let ctx = BuildContext { lr: 0.1, run_length: Some(3), monitor_mode: None };
         let p = spec(r#"{"name": "onecycle"}"#).build(ctx).unwrap_err();
         assert!(p[0].message.contains("leaves a phase with no steps"), "{p:?}");
+    }
+
+    #[test]
+    fn a_warmup_ratio_becomes_steps_of_the_run() {
+        let ctx = BuildContext { lr: 1.0, run_length: Some(125), monitor_mode: None };
+        let s = spec(r#"{"name": "cosine", "warmup_ratio": 0.1}"#).build(ctx).unwrap();
+        // ceil(0.1 · 125) = 13 warm-up steps, then the cosine over the remaining 112.
+        assert!((s.lr_at(12) - 12.0 / 13.0).abs() < 1e-12);
+        assert_eq!(s.lr_at(13), 1.0);
+        assert!(s.lr_at(125) < 1e-12);
+        let s = spec(r#"{"name": "cosine", "warmup_ratio": 0.1, "warmup_steps": 5}"#).build(ctx).unwrap();
+        assert_eq!(s.lr_at(5), 1.0, "warmup_steps overrides warmup_ratio, as in HF");
+        let p = spec(r#"{"name": "onecycle", "warmup_ratio": 0.1}"#).check(1.0);
+        assert_eq!(keys(&p), ["warmup_steps"]);
     }
 
     #[test]

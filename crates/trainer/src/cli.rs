@@ -44,6 +44,18 @@ pub trait Stage {
     /// Dotted-key overrides from the stage's own flags.
     fn overrides(args: &Self::Args) -> Vec<(String, Value)>;
 
+    /// The stage's defaults (dotted keys), layered over the built-in defaults and below the
+    /// config file, e.g. the reference optimiser settings of a model.
+    fn defaults() -> Vec<(String, Value)> {
+        Vec::new()
+    }
+
+    /// Values for `{name}` placeholders in `output_dir` besides `{seed}` and `{stage}`
+    /// (e.g. `{dataset}`), read from the loaded config.
+    fn output_dir_vars(_config: &RunConfig<Self::Model, Self::Data, Self::Loss>) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Builds the task and runs the loop on backend `B`.
     fn train<B: AutodiffBackend>(
         config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
@@ -433,10 +445,18 @@ pub fn load_config<S: Stage>(common: &CommonArgs, stage_args: &S::Args) -> Resul
     let sources = ConfigSources {
         file: common.config.clone(),
         env: true,
-        defaults: vec![("output_dir".into(), Value::from(format!("runs/{}", S::NAME)))],
+        defaults: std::iter::once(("output_dir".into(), Value::from(format!("runs/{}", S::NAME))))
+            .chain(S::defaults())
+            .collect(),
         overrides,
     };
-    let config: StageConfig<S> = sources.load()?;
+    let mut config: StageConfig<S> = sources.load()?;
+    let mut dir = config.output_dir.display().to_string();
+    let vars = [("seed", config.seed.to_string()), ("stage", S::NAME.to_string())];
+    for (name, value) in vars.into_iter().chain(S::output_dir_vars(&config)) {
+        dir = dir.replace(&format!("{{{name}}}"), &value);
+    }
+    config.output_dir = PathBuf::from(dir);
     let device: DeviceSpec = config.device.parse().expect("validated");
     let compiled = compiled_backends();
     let feature = match device {
