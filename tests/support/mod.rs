@@ -125,3 +125,16 @@ mod hooked {
         }
     }
 }
+
+/// The toy config of the training and LR-finder tests: seed 7, 100 steps of batch 16, a
+/// validation every 25 steps, lr 0.01, no progress output, writing to `dir`.
+pub fn toy_config(dir: &Path) -> trainer::toy::ToyConfig {
+    use trainer::config::{LoggingConfig, ProgressMode};
+    let mut c = trainer::toy::ToyConfig { seed: 7, output_dir: dir.to_path_buf(), ..Default::default() };
+    c.training.max_steps = Some(100);
+    c.training.batch_size = 16;
+    c.training.val_every = Some(25);
+    c.optimizer.lr = 0.01;
+    c.logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
+    c
+}

@@ -1,9 +1,4 @@
-//! The LR range test on the toy task through the library API. In a binary of its own: run
-//! in the same process as the other training tests, it was seen (1 run in 12) to change the
-//! initial weights of a concurrently starting run, although every reseed and initialisation
-//! holds the trainer's init lock; the cause is not found yet (see ARCHITECTURE.md).
-
-use std::path::Path;
+//! The LR range test on the toy task through the library API.
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
@@ -12,21 +7,12 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use trainer::Task;
 use trainer::backend::CpuBackend;
-use trainer::config::{LoggingConfig, ProgressMode};
-use trainer::toy::{Mlp, ToyConfig, ToyTask};
+use trainer::toy::{Mlp, ToyTask};
 use trainer::train::init_model;
 
 type B = CpuBackend;
 
-fn toy_config(dir: &Path) -> ToyConfig {
-    let mut c = ToyConfig { seed: 7, output_dir: dir.to_path_buf(), ..ToyConfig::default() };
-    c.training.max_steps = Some(100);
-    c.training.batch_size = 16;
-    c.training.val_every = Some(25);
-    c.optimizer.lr = 0.01;
-    c.logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
-    c
-}
+use support::toy_config;
 
 fn weights<M: AutodiffModule<B>>(model: &M) -> Vec<f32> {
     support::weights::<B, M>(model)

@@ -11,7 +11,6 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde_json::Value;
 use trainer::backend::CpuBackend;
-use trainer::config::{LoggingConfig, ProgressMode};
 use trainer::grads;
 use trainer::tensorboard::read_scalars;
 use trainer::toy::{Mlp, ToyConfig, ToyTask};
@@ -20,15 +19,7 @@ use trainer::{Decision, StopPolicy, StopReason, Task, Trainer, Validation};
 
 type B = CpuBackend;
 
-fn toy_config(dir: &Path) -> ToyConfig {
-    let mut c = ToyConfig { seed: 7, output_dir: dir.to_path_buf(), ..ToyConfig::default() };
-    c.training.max_steps = Some(100);
-    c.training.batch_size = 16;
-    c.training.val_every = Some(25);
-    c.optimizer.lr = 0.01;
-    c.logging = LoggingConfig { progress: ProgressMode::Off, ..LoggingConfig::default() };
-    c
-}
+use support::toy_config;
 
 fn train(config: &ToyConfig) -> trainer::RunSummary<Mlp<B>> {
     let task = ToyTask::new(config);
@@ -111,7 +102,9 @@ fn clipping_bounds_the_global_gradient_norm() {
     let config = toy_config(dir.path());
     let task = ToyTask::new(&config);
     let device = Default::default();
-    let model = <ToyTask as Task<B>>::build_model(&task, &device);
+    // Through init_model: a lazily initialised model drawn outside the init lock would take
+    // values from the global RNG while a concurrent test initialises its own.
+    let model = init_model::<B, _>(&task, config.seed, &device);
     let batch = <ToyTask as Task<B>>::train_batch(&task, &(0..64).collect::<Vec<_>>(), &device);
     // Scale the loss so the raw norm is far above the bound.
     let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).loss.mul_scalar(1000.0);
@@ -164,7 +157,9 @@ fn value_clipping_clamps_each_element() {
     let config = toy_config(dir.path());
     let task = ToyTask::new(&config);
     let device = Default::default();
-    let model = <ToyTask as Task<B>>::build_model(&task, &device);
+    // Through init_model: a lazily initialised model drawn outside the init lock would take
+    // values from the global RNG while a concurrent test initialises its own.
+    let model = init_model::<B, _>(&task, config.seed, &device);
     let batch = <ToyTask as Task<B>>::train_batch(&task, &[0, 1, 2, 3], &device);
     let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).loss.mul_scalar(1000.0);
     let mut g = GradientsParams::from_grads(loss.backward(), &model);
