@@ -3,6 +3,8 @@
 //! links to one written file), and a name is deleted only when its own policy releases it and
 //! it is not the run's resume source.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// Whether a larger or a smaller metric is better.
@@ -34,12 +36,20 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Keep the K best checkpoints by `monitor` in `checkpoints/top_k/` (0 disables).
+    /// Keep the K best checkpoints (by `top_k_monitor`, else `monitor`) in `top_k_dir` (0 disables).
     pub keep_top_k: usize,
     /// Metric ranking top-K and the best export; `null` uses the stage's selection metric.
     pub monitor: Option<String>,
     /// `min` or `max`; `null` uses the stage's direction for its selection metric.
     pub mode: Option<Mode>,
+    /// Metric ranking the top-K only, when it differs from the one selecting the best export
+    /// (stage 1: top-K by `sar_edge_agreement`, `best_model` by `val_loss`); `null` uses `monitor`.
+    pub top_k_monitor: Option<String>,
+    /// `min` or `max` for `top_k_monitor` (required with it).
+    pub top_k_mode: Option<Mode>,
+    /// Directory of the top-K checkpoints, relative to the output directory (the trainer joins
+    /// it to the output directory before opening the store); `null` is `checkpoints/top_k`.
+    pub top_k_dir: Option<PathBuf>,
     /// Keep a rolling `checkpoint_latest`, refreshed at every save.
     pub latest: bool,
     /// Save `checkpoint_step_<N>` every N optimizer steps (`null` disables).
@@ -53,6 +63,10 @@ pub struct RetentionConfig {
     /// File stem of the weights-only export of the best model (`best` → `best.safetensors`;
     /// `null` disables).
     pub export_best: Option<String>,
+    /// Directory of the best export, relative to the output directory (joined by the trainer
+    /// like `top_k_dir`); `null` is the checkpoint directory. Stage 1 uses `.` for seed 000's
+    /// `<output_dir>/best_model`.
+    pub export_best_dir: Option<PathBuf>,
 }
 
 impl Default for RetentionConfig {
@@ -61,12 +75,16 @@ impl Default for RetentionConfig {
             keep_top_k: 3,
             monitor: None,
             mode: None,
+            top_k_monitor: None,
+            top_k_mode: None,
+            top_k_dir: None,
             latest: true,
             every_n_steps: None,
             keep_last_n_steps: None,
             per_epoch: false,
             keep_last_n_epochs: None,
             export_best: Some("best".into()),
+            export_best_dir: None,
         }
     }
 }

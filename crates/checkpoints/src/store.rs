@@ -58,6 +58,7 @@ pub struct SaveReport {
 #[derive(Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    top_dir: PathBuf,
     config: RetentionConfig,
     monitor: String,
     top_k: TopK,
@@ -94,8 +95,10 @@ impl CheckpointStore {
         mode: Mode,
         protected: Option<PathBuf>,
     ) -> Result<Self, CheckpointError> {
-        let top_dir = dir.join(TOP_K_DIR);
-        for d in [dir, &top_dir] {
+        // A configured `top_k_dir` is used as given (the trainer has joined it to the output directory).
+        let top_dir = config.top_k_dir.clone().unwrap_or_else(|| dir.join(TOP_K_DIR));
+        let export_dir = config.export_best_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        for d in [dir, &top_dir, &export_dir] {
             fs::create_dir_all(d).map_err(|e| CheckpointError::io(d, e))?;
             let removed = atomic::remove_stale_temps(d).map_err(|e| CheckpointError::io(d, e))?;
             if removed > 0 {
@@ -105,10 +108,13 @@ impl CheckpointStore {
                 );
             }
         }
-        let monitor = config.monitor.clone().unwrap_or_else(|| monitor.to_string());
-        let mode = config.mode.unwrap_or(mode);
+        let (monitor, mode) = match &config.top_k_monitor {
+            Some(m) => (m.clone(), config.top_k_mode.or(config.mode).unwrap_or(mode)),
+            None => (config.monitor.clone().unwrap_or_else(|| monitor.to_string()), config.mode.unwrap_or(mode)),
+        };
         let mut store = Self {
             dir: dir.to_path_buf(),
+            top_dir: top_dir.clone(),
             top_k: TopK::new(config.keep_top_k, mode),
             config,
             monitor,
@@ -157,7 +163,8 @@ impl CheckpointStore {
 
     /// Path of the weights-only best export, if enabled.
     pub fn best_export_path(&self) -> Option<PathBuf> {
-        self.config.export_best.as_ref().map(|s| self.path(s))
+        let dir = self.config.export_best_dir.as_ref().unwrap_or(&self.dir);
+        self.config.export_best.as_ref().map(|s| dir.join(format!("{s}.{EXT}")))
     }
 
     /// Whether `triggers` need a resume bundle written at all.
@@ -213,7 +220,7 @@ impl CheckpointStore {
                         let offer = self.top_k.offer(step, *value);
                         if offer.kept {
                             let stem = top_k_stem(&self.monitor, *value, step);
-                            names.push(self.dir.join(TOP_K_DIR).join(format!("{stem}.{EXT}")));
+                            names.push(self.top_dir.join(format!("{stem}.{EXT}")));
                         }
                         top_k_offer = Some(offer);
                     }
@@ -259,7 +266,7 @@ impl CheckpointStore {
         // Retention: only now that the new files are durable.
         if let Some(evicted) = top_k_offer.and_then(|o| o.evicted) {
             let stem = top_k_stem(&self.monitor, evicted.value, evicted.step);
-            self.remove(self.dir.join(TOP_K_DIR).join(format!("{stem}.{EXT}")), &mut report);
+            self.remove(self.top_dir.join(format!("{stem}.{EXT}")), &mut report);
         }
         if let Some(n) = self.config.keep_last_n_steps {
             while self.steps.len() > n {

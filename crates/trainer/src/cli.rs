@@ -4,7 +4,7 @@
 //! Exit codes: 0 success, 1 the run failed, 2 bad configuration or usage,
 //! 130 / 143 interrupted by SIGINT / SIGTERM after saving.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -18,7 +18,6 @@ use crate::backend::{BackendError, BackendRun, DeviceSpec, compiled_backends, ru
 use crate::config::{self, ConfigErrors, ConfigProblem, ConfigSources, RunConfig, Validate};
 use crate::interrupt::Interrupts;
 use crate::lr_find::{LrFindOptions, LrFindOutcome};
-use crate::telemetry::JSONL;
 use crate::train::{LoopState, StopReason, TrainError};
 
 /// The full config type of stage `S`.
@@ -50,7 +49,21 @@ pub trait Stage {
         Vec::new()
     }
 
-    /// Values for `{name}` placeholders in `output_dir` besides `{seed}` and `{stage}`
+    /// Aliases of config-file keys, `(written, native)` dotted prefixes (see
+    /// [`ConfigSources::aliases`]): lets a stage's file keep the section layout of the script
+    /// it replaces (`training.steps`, `system.seed`, ...).
+    fn aliases() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The config file to read when no `--config` is given (e.g. `configs/hoser/<dataset>.yaml`
+    /// for `--dataset NAME`, as upstream scripts pick `config/<dataset>.yaml`). `None` reads none.
+    fn config_file(_args: &Self::Args) -> Option<PathBuf> {
+        None
+    }
+
+    /// Values for `{name}` placeholders in `output_dir` (and `logging.log_dir`,
+    /// `logging.tensorboard_dir`) besides `{seed}` and `{stage}`
     /// (e.g. `{dataset}`), read from the loaded config.
     fn output_dir_vars(_config: &RunConfig<Self::Model, Self::Data, Self::Loss>) -> Vec<(&'static str, String)> {
         Vec::new()
@@ -438,25 +451,41 @@ impl<S: Stage> BackendRun for StageWork<'_, S> {
     }
 }
 
+/// Replaces every `{name}` in `path` by its value.
+fn fill_placeholders(path: &Path, vars: &[(&str, String)]) -> PathBuf {
+    let mut dir = path.display().to_string();
+    for (name, value) in vars {
+        dir = dir.replace(&format!("{{{name}}}"), value);
+    }
+    PathBuf::from(dir)
+}
+
 /// Loads the stage's config from `common` and `stage_args`, reporting every problem.
 pub fn load_config<S: Stage>(common: &CommonArgs, stage_args: &S::Args) -> Result<StageConfig<S>, ConfigErrors> {
     let mut overrides = common.overrides();
     overrides.extend(S::overrides(stage_args));
+    let file = common.config.clone().or_else(|| {
+        let f = S::config_file(stage_args)?;
+        tracing::info!("no --config given: reading {}", f.display());
+        Some(f)
+    });
     let sources = ConfigSources {
-        file: common.config.clone(),
+        file,
         env: true,
         defaults: std::iter::once(("output_dir".into(), Value::from(format!("runs/{}", S::NAME))))
             .chain(S::defaults())
             .collect(),
         overrides,
+        aliases: S::aliases(),
     };
     let mut config: StageConfig<S> = sources.load()?;
-    let mut dir = config.output_dir.display().to_string();
-    let vars = [("seed", config.seed.to_string()), ("stage", S::NAME.to_string())];
-    for (name, value) in vars.into_iter().chain(S::output_dir_vars(&config)) {
-        dir = dir.replace(&format!("{{{name}}}"), &value);
-    }
-    config.output_dir = PathBuf::from(dir);
+    let vars: Vec<(&str, String)> = [("seed", config.seed.to_string()), ("stage", S::NAME.to_string())]
+        .into_iter()
+        .chain(S::output_dir_vars(&config))
+        .collect();
+    config.output_dir = fill_placeholders(&config.output_dir, &vars);
+    config.logging.log_dir = config.logging.log_dir.as_ref().map(|p| fill_placeholders(p, &vars));
+    config.logging.tensorboard_dir = config.logging.tensorboard_dir.as_ref().map(|p| fill_placeholders(p, &vars));
     let device: DeviceSpec = config.device.parse().expect("validated");
     let compiled = compiled_backends();
     let feature = match device {
@@ -522,11 +551,12 @@ pub fn main<S: Stage>() -> ExitCode {
 
 fn run<S: Stage>(config: &StageConfig<S>) -> Result<(StopReason, LoopState), String> {
     let dir = &config.output_dir;
-    if dir.join(JSONL).exists() && config.resume.path.is_none() && !config.resume.auto {
+    let jsonl = config.logging.paths(dir).jsonl;
+    if jsonl.exists() && config.resume.path.is_none() && !config.resume.auto {
         return Err(format!(
             "{} already holds a run ({} exists); pass --auto-resume to continue it, or choose a new --output-dir",
             dir.display(),
-            JSONL
+            jsonl.display()
         ));
     }
     let interrupts = Interrupts::install().map_err(|e| format!("installing signal handlers: {e}"))?;

@@ -4,6 +4,7 @@
 //! Precedence, lowest to highest: built-in defaults ← YAML file (`--config`) ← environment
 //! (`TRAINYARD_SECTION__KEY=value`, `__` separates levels) ← CLI flags.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -203,8 +204,14 @@ pub enum OptimizerName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
-    /// Write TensorBoard event files under `<output_dir>/tensorboard/`.
+    /// Write TensorBoard event files (under `tensorboard_dir`).
     pub tensorboard: bool,
+    /// Directory of `training.jsonl` and `metrics.csv`; `null` is `output_dir`. Takes the same
+    /// `{seed}` / `{stage}` / stage placeholders as `output_dir` (e.g. `log/{dataset}/seed{seed}`).
+    pub log_dir: Option<PathBuf>,
+    /// Directory of the TensorBoard event files; `null` is `<output_dir>/tensorboard`. Takes the
+    /// same placeholders as `output_dir`.
+    pub tensorboard_dir: Option<PathBuf>,
     /// `auto` (bar on a terminal, plain lines otherwise), `bar`, `plain` or `off`.
     pub progress: ProgressMode,
     /// Optimizer steps between plain progress lines.
@@ -216,8 +223,41 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { tensorboard: true, progress: ProgressMode::Auto, log_every: 50, memory_every: Some(100) }
+        Self {
+            tensorboard: true,
+            log_dir: None,
+            tensorboard_dir: None,
+            progress: ProgressMode::Auto,
+            log_every: 50,
+            memory_every: Some(100),
+        }
     }
+}
+
+impl LoggingConfig {
+    /// Where a run in `run_dir` writes its telemetry.
+    pub fn paths(&self, run_dir: &Path) -> TelemetryPaths {
+        let log_dir = self.log_dir.clone().unwrap_or_else(|| run_dir.to_path_buf());
+        TelemetryPaths {
+            jsonl: log_dir.join(crate::telemetry::JSONL),
+            csv: log_dir.join(crate::telemetry::CSV),
+            tensorboard: self
+                .tensorboard_dir
+                .clone()
+                .unwrap_or_else(|| run_dir.join(crate::telemetry::TENSORBOARD_DIR)),
+        }
+    }
+}
+
+/// The files and directories a run's telemetry goes to (see [`LoggingConfig::paths`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryPaths {
+    /// The event log.
+    pub jsonl: PathBuf,
+    /// The per-validation table.
+    pub csv: PathBuf,
+    /// The TensorBoard event directory.
+    pub tensorboard: PathBuf,
 }
 
 /// How progress is shown.
@@ -439,6 +479,12 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         if c.export_best.as_deref().is_some_and(|s| s.is_empty() || s.contains(['/', '\\'])) {
             p.push(problem("checkpoint.export_best", "expected a plain file stem such as `best`, or null"));
         }
+        if c.top_k_monitor.is_some() && c.top_k_mode.is_none() {
+            p.push(problem("checkpoint.top_k_mode", "required with checkpoint.top_k_monitor: min or max"));
+        }
+        if c.top_k_monitor.as_deref().is_some_and(str::is_empty) {
+            p.push(problem("checkpoint.top_k_monitor", "expected a metric name, or null"));
+        }
         self.early_stopping.validate(p);
         self.spike_guard.validate(p);
         self.ema.validate(p);
@@ -467,6 +513,11 @@ pub struct ConfigSources {
     pub env: bool,
     /// Dotted keys set by CLI flags, highest precedence.
     pub overrides: Vec<(String, Value)>,
+    /// Key aliases of the config file: `(written, native)` dotted prefixes, e.g.
+    /// `("training.steps", "training.max_steps")` or `("training.optimizer", "optimizer")`, so a
+    /// stage reads the section layout its users know. The longest matching prefix wins; problems
+    /// with an aliased key name the key as written.
+    pub aliases: Vec<(String, String)>,
 }
 
 /// Turns a `KEY=VALUE` flag into an override; the value is read as YAML (`3`, `1e-4`, `null`, `[1, 2]`).
@@ -493,6 +544,8 @@ pub fn null() -> Value {
 pub struct Merged {
     figment: Figment,
     tree: Dict,
+    renamed: BTreeMap<String, String>,
+    file: Option<String>,
 }
 
 impl ConfigSources {
@@ -513,7 +566,11 @@ impl ConfigSources {
                     origin: None,
                 }]));
             }
-            f = f.merge(Yaml::file_exact(path));
+            if self.aliases.is_empty() {
+                f = f.merge(Yaml::file_exact(path));
+            } else {
+                f = f.merge(Aliased { path: path.clone(), aliases: self.aliases.clone() });
+            }
         }
         if self.env {
             f = f.merge(Env::prefixed(ENV_PREFIX).split("__"));
@@ -539,7 +596,23 @@ impl ConfigSources {
                 return Err(ConfigErrors(e.into_iter().map(|e| figment_problem(&e, None)).collect()));
             }
         };
-        Ok(Merged { figment, tree })
+        let file = self.file.as_ref().map(|p| p.display().to_string());
+        // Which leaves of the file were written under an alias: native key → key as written.
+        let mut renamed = BTreeMap::new();
+        if let Some(path) = self.file.as_ref().filter(|_| !self.aliases.is_empty())
+            && let Ok(data) = figment::Provider::data(&Yaml::file_exact(path))
+        {
+            for dict in data.values() {
+                let mut leaves = Vec::new();
+                flatten("", dict, &mut leaves);
+                for (key, _) in leaves {
+                    if let Some(native) = unalias(&self.aliases, &key) {
+                        renamed.insert(native, key);
+                    }
+                }
+            }
+        }
+        Ok(Merged { figment, tree, renamed, file })
     }
 
     /// Merges, checks types and unknown keys, and validates; returns the config or every problem.
@@ -564,6 +637,62 @@ fn describe_origin(meta: &figment::Metadata, key: &str) -> String {
             format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
         }
         _ => meta.name.to_string(),
+    }
+}
+
+/// The YAML file with aliased keys renamed to their native paths.
+struct Aliased {
+    path: PathBuf,
+    aliases: Vec<(String, String)>,
+}
+
+/// The native path of a written dotted key under `aliases` (longest matching prefix), if aliased.
+pub fn unalias(aliases: &[(String, String)], key: &str) -> Option<String> {
+    aliases
+        .iter()
+        .filter(|(from, _)| key == from || key.starts_with(&format!("{from}.")))
+        .max_by_key(|(from, _)| from.len())
+        .map(|(from, to)| format!("{to}{}", &key[from.len()..]))
+}
+
+/// The written key of a native dotted key under `aliases` (the inverse of [`unalias`]), if any.
+pub fn written_as(aliases: &[(String, String)], key: &str) -> Option<String> {
+    aliases
+        .iter()
+        .filter(|(_, to)| key == to || key.starts_with(&format!("{to}.")))
+        .max_by_key(|(_, to)| to.len())
+        .map(|(from, to)| format!("{from}{}", &key[to.len()..]))
+}
+
+fn flatten(prefix: &str, dict: &Dict, out: &mut Vec<(String, Value)>) {
+    for (k, v) in dict {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            Value::Dict(_, sub) if !sub.is_empty() => flatten(&path, sub, out),
+            _ => out.push((path, v.clone())),
+        }
+    }
+}
+
+impl figment::Provider for Aliased {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::from("YAML file", figment::Source::File(self.path.clone()))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
+        let mut data = Yaml::file_exact(&self.path).data()?;
+        for dict in data.values_mut() {
+            let mut leaves = Vec::new();
+            flatten("", dict, &mut leaves);
+            let mut renamed = Dict::new();
+            for (key, value) in leaves {
+                let native = unalias(&self.aliases, &key).unwrap_or(key);
+                let path: Vec<String> = native.split('.').map(str::to_string).collect();
+                set_path(&mut renamed, &path, value);
+            }
+            *dict = renamed;
+        }
+        Ok(data)
     }
 }
 
@@ -642,6 +771,13 @@ impl Merged {
             }
             problems.push(p);
         }
+        // Name an aliased key the way the file wrote it.
+        for p in &mut problems {
+            let from_file = p.origin.is_some() && p.origin == self.file;
+            if from_file && let Some(written) = self.renamed.get(&p.key) {
+                p.key = written.clone();
+            }
+        }
         if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
     }
 
@@ -718,4 +854,49 @@ pub fn write_resolved<C: Serialize>(config: &C, run_dir: &Path) -> std::io::Resu
     let path = run_dir.join("config.yaml");
     std::fs::write(&path, to_yaml(config))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toy::ToyConfig as Toy;
+
+    fn aliases() -> Vec<(String, String)> {
+        [("training.steps", "training.max_steps"), ("training.optimizer", "optimizer"), ("system.seed", "seed")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn load(yaml: &str) -> Result<Toy, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        ConfigSources { file: Some(path), aliases: aliases(), ..Default::default() }.load::<Toy>()
+    }
+
+    #[test]
+    fn aliased_keys_land_on_their_native_keys() {
+        let c = load("training:\n  steps: 7\n  optimizer:\n    lr: 0.5\nsystem:\n  seed: 9\n").unwrap();
+        assert_eq!(c.training.max_steps, Some(7));
+        assert_eq!(c.optimizer.lr, 0.5);
+        assert_eq!(c.seed, 9);
+        assert_eq!(
+            unalias(&aliases(), "training.optimizer.scheduler.name").as_deref(),
+            Some("optimizer.scheduler.name")
+        );
+        assert_eq!(unalias(&aliases(), "training.stepsize"), None, "prefixes match whole segments");
+        assert_eq!(written_as(&aliases(), "optimizer.lr").as_deref(), Some("training.optimizer.lr"));
+    }
+
+    #[test]
+    fn problems_name_an_aliased_key_as_written() {
+        let e = load("training:\n  steps: 7\n  optimizer:\n    lr: fast\n    bogus: 1\n").unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"training.optimizer.lr"), "{e}");
+        assert!(keys.contains(&"training.optimizer.bogus"), "{e}");
+        // A native key keeps its name.
+        let e = load("training:\n  max_steps: 0\n").unwrap_err();
+        assert_eq!(e.0[0].key, "training.max_steps", "{e}");
+    }
 }

@@ -48,6 +48,14 @@ pub trait Task<B: AutodiffBackend> {
     /// Assembles the samples at `indices` into a micro-batch.
     fn train_batch(&self, indices: &[usize], device: &B::Device) -> Self::Batch;
 
+    /// Called before the micro-batches of epoch `epoch` are assembled (also when a resumed run
+    /// re-enters its epoch), so per-epoch data choices such as augmentations follow the epoch
+    /// and not the order of calls.
+    fn begin_epoch(&self, _epoch: u64) {}
+
+    /// Called before a validation at optimizer step `step` (e.g. to name its outputs by step).
+    fn begin_validation(&self, _step: u64) {}
+
     /// Forward pass of one micro-batch: the loss to minimise and named metrics.
     fn train_step(&self, model: &Self::Model, batch: &Self::Batch) -> StepOutput<B>;
 

@@ -184,7 +184,11 @@ impl Telemetry {
         total_steps: u64,
         resumed_at: Option<(u64, TelemetryCounters)>,
     ) -> io::Result<Self> {
-        let jsonl_path = run_dir.join(JSONL);
+        let paths = logging.paths(run_dir);
+        let jsonl_path = paths.jsonl;
+        if let Some(dir) = jsonl_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_context(e, dir))?;
+        }
         let mut jsonl =
             OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(|e| io_context(e, &jsonl_path))?;
         // A process killed mid-line leaves a torn last line; end it so the next event stays
@@ -203,12 +207,12 @@ impl Telemetry {
             }
         }
         let tb = if logging.tensorboard {
-            let dir = run_dir.join(TENSORBOARD_DIR);
+            let dir = paths.tensorboard;
             Some(EventWriter::create(&dir).map_err(|e| io_context(e, &dir))?)
         } else {
             None
         };
-        let csv_path = run_dir.join(CSV);
+        let csv_path = paths.csv;
         let mut progress = Progress::new(logging, total_steps);
         let mut losses_since_val = (0.0, 0);
         let mut csv = None;

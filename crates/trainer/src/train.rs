@@ -45,6 +45,10 @@ pub enum TrainError {
     /// A checkpoint could not be written, read or used.
     #[error("{0}")]
     Checkpoint(#[from] CheckpointError),
+    /// The stage's data could not be loaded (a missing file, a malformed row, ...); the message
+    /// names the file and what was expected.
+    #[error("loading the data: {0}")]
+    Data(String),
     /// The task has no training samples.
     #[error("the training set is empty: nothing to train on (check the data section of the config)")]
     EmptyDataset,
@@ -408,12 +412,18 @@ fn now_unix() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// Moves the telemetry of an earlier run in `run_dir` (and, with `checkpoints`, its
-/// checkpoints) into `run_dir/archived/<label>/`. Nothing is deleted.
-fn archive_previous_run(run_dir: &Path, checkpoints: bool) -> Result<Option<PathBuf>, TrainError> {
-    let names = [telemetry::JSONL, telemetry::CSV, telemetry::TENSORBOARD_DIR];
+/// Moves the telemetry of an earlier run (from wherever `logging` puts it) and, with
+/// `checkpoints`, its checkpoints into `run_dir/archived/<label>/`. Nothing is deleted.
+fn archive_previous_run(
+    run_dir: &Path,
+    logging: &LoggingConfig,
+    checkpoints: bool,
+) -> Result<Option<PathBuf>, TrainError> {
+    let paths = logging.paths(run_dir);
+    let telemetry =
+        [(paths.jsonl, telemetry::JSONL), (paths.csv, telemetry::CSV), (paths.tensorboard, telemetry::TENSORBOARD_DIR)];
     let ckpt_dir = run_dir.join("checkpoints");
-    let has_telemetry = names.iter().any(|n| run_dir.join(n).exists());
+    let has_telemetry = telemetry.iter().any(|(p, _)| p.exists());
     let has_checkpoints = checkpoints && ckpt_dir.is_dir();
     if !has_telemetry && !has_checkpoints {
         return Ok(None);
@@ -421,10 +431,9 @@ fn archive_previous_run(run_dir: &Path, checkpoints: bool) -> Result<Option<Path
     let label = format!("run_{}", now_unix() as u64);
     let target = run_dir.join("archived").join(&label);
     std::fs::create_dir_all(&target).map_err(|e| CheckpointError::io(&target, e))?;
-    for n in names {
-        let from = run_dir.join(n);
+    for (from, name) in telemetry {
         if from.exists() {
-            std::fs::rename(&from, target.join(n)).map_err(|e| CheckpointError::io(&from, e))?;
+            std::fs::rename(&from, target.join(name)).map_err(|e| CheckpointError::io(&from, e))?;
         }
     }
     if has_checkpoints {
@@ -560,7 +569,7 @@ impl<'a> Trainer<'a> {
         match cfg.resume.on_mismatch {
             OnMismatch::Refuse => Err(CheckpointError::Mismatch { path, differences }.into()),
             OnMismatch::Fresh => {
-                let archived = archive_previous_run(cfg.run_dir, true)?;
+                let archived = archive_previous_run(cfg.run_dir, cfg.logging, true)?;
                 tracing::warn!(
                     "{} belongs to a different run ({}); archived the previous run to {} and starting fresh",
                     path.display(),
@@ -648,7 +657,7 @@ impl<'a> Trainer<'a> {
         let mut source = self.resume_source(&identity)?;
         if source.is_none() {
             // A fresh start never mixes with an earlier run's telemetry: set it aside.
-            if let Some(archived) = archive_previous_run(cfg.run_dir, false)? {
+            if let Some(archived) = archive_previous_run(cfg.run_dir, cfg.logging, false)? {
                 tracing::warn!("moved the telemetry of an earlier run without checkpoints to {}", archived.display());
             }
         }
@@ -726,9 +735,16 @@ impl<'a> Trainer<'a> {
             counters = Some((saved.step, saved.telemetry));
         }
 
+        let mut retention = cfg.checkpoint.clone();
+        // Relative to the run directory; `.` components dropped so logged paths read cleanly.
+        let in_run = |d: PathBuf| -> PathBuf {
+            cfg.run_dir.join(d).components().filter(|c| *c != std::path::Component::CurDir).collect()
+        };
+        retention.top_k_dir = retention.top_k_dir.map(in_run);
+        retention.export_best_dir = retention.export_best_dir.map(in_run);
         let mut store = CheckpointStore::open(
             &cfg.run_dir.join("checkpoints"),
-            cfg.checkpoint.clone(),
+            retention,
             &selection.metric,
             selection.mode,
             source.as_ref().map(|(p, _)| p.clone()),
@@ -887,6 +903,7 @@ impl<'a> Trainer<'a> {
         let mut finished = st.step >= total_steps || t.epochs.is_some_and(|e| st.epoch >= e);
         while !finished {
             let order = if overfit { (0..n).collect() } else { epoch_order(cfg.seed, st.epoch, n) };
+            task.begin_epoch(st.epoch);
             let batches: Vec<&[usize]> =
                 if overfit { vec![&order[..t.batch_size.min(n)]; accum] } else { order.chunks(t.batch_size).collect() };
             while st.position < batches.len() {
@@ -1130,7 +1147,15 @@ impl<'a> Trainer<'a> {
                             ));
                         }
                     }
-                    triggers.push(Trigger::Validation { value, is_best });
+                    // Top-K may rank by its own metric (stage 1: sar_edge_agreement; best by val_loss).
+                    let ranked = match &cfg.checkpoint.top_k_monitor {
+                        Some(m) => *metrics.get(m).ok_or_else(|| TrainError::MissingMetric {
+                            metric: m.clone(),
+                            available: metrics.keys().cloned().collect::<Vec<_>>().join(", "),
+                        })?,
+                        None => value,
+                    };
+                    triggers.push(Trigger::Validation { value: ranked, is_best });
                     stop = stop.or(s);
                 }
                 if epoch_done {
@@ -1249,6 +1274,7 @@ impl<'a> Trainer<'a> {
         if log_memory {
             tel.memory(st.step, "Before Validation")?;
         }
+        task.begin_validation(st.step);
         let mut metrics = task.validate(&model.valid(), device);
         // Averages are evaluated next to the model (`ema_*`, `swa_*`); one that has no
         // update yet reports NaN, so every validation has the same columns.
