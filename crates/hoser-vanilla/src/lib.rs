@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
+use hoser::baseline::most_frequent_successor_accuracy;
 use hoser::data::{Batch, Collator, DatasetOptions, HoserData, file_crc32c};
 use hoser::model::{BatchTensors, GraphTensors, Hoser, HoserConfig};
 use losses::combined::CombinedLoss;
@@ -217,6 +218,7 @@ pub struct VanillaTask {
     norm: TimeNormalization,
     val_batch_size: usize,
     dataset_id: String,
+    baseline_acc: f64,
 }
 
 impl VanillaTask {
@@ -244,7 +246,10 @@ impl VanillaTask {
         key.extend_from_slice(serde_json::to_string(&options).expect("options serialise").as_bytes());
         key.extend_from_slice(format!("{:?}", config.data.max_len).as_bytes());
         let dataset_id = format!("hoser-{}-{:08x}", config.data.dataset, crc32c::crc32c(&key));
-        Ok(Self { data, collator, model, loss, norm, val_batch_size: config.training.batch_size.max(1), dataset_id })
+        let baseline_acc = most_frequent_successor_accuracy(&data.train.samples, &data.val.samples);
+        tracing::info!("most-frequent-successor baseline: validation next-step accuracy {baseline_acc:.4}");
+        let val_batch_size = config.training.batch_size.max(1);
+        Ok(Self { data, collator, model, loss, norm, val_batch_size, dataset_id, baseline_acc })
     }
 
     /// The loaded dataset.
@@ -343,6 +348,8 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         let (acc, time) = self.evaluate(model, device);
         let mut m = Metrics::new();
         m.insert("val_next_step_acc".into(), acc.accuracy().unwrap_or(0.0));
+        // A constant column, so metrics.csv and TensorBoard show the model against the baseline.
+        m.insert("val_successor_baseline_acc".into(), self.baseline_acc);
         if let Some(mape) = time.hoser_time_mape() {
             m.insert("val_time_pred_mape".into(), mape);
         }

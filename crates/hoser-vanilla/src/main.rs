@@ -30,7 +30,7 @@ struct VanillaArgs {
 struct Vanilla;
 
 fn task(config: &VanillaConfig) -> Result<VanillaTask, TrainError> {
-    VanillaTask::new(config).map_err(|e| TrainError::Io(std::io::Error::other(e)))
+    VanillaTask::new(config).map_err(TrainError::Data)
 }
 
 impl Stage for Vanilla {
@@ -53,12 +53,15 @@ impl Stage for Vanilla {
 
     /// Upstream `train.py`'s settings: AdamW lr 1e-3, weight decay 0.1, linear warm-up over
     /// 10 % of the run then cosine, gradient-norm clip 1.0, batch 256; every epoch kept and the
-    /// best by validation next-step accuracy exported as `best`; runs in seed 002's
-    /// `save/{dataset}/seed{seed}`. The budget (`training.epochs`, upstream 25) comes from the
+    /// best by validation next-step accuracy exported as `best`; seed 002's layout of three
+    /// roots: checkpoints in `save/{dataset}/seed{seed}`, `training.jsonl` and `metrics.csv` in
+    /// `log/{dataset}/seed{seed}`, TensorBoard in `tensorboard_log/{dataset}/seed{seed}`. The budget (`training.epochs`, upstream 25) comes from the
     /// config file or `--epochs`.
     fn defaults() -> Vec<(String, Value)> {
         vec![
             ("output_dir".into(), Value::from("save/{dataset}/seed{seed}")),
+            ("logging.log_dir".into(), Value::from("log/{dataset}/seed{seed}")),
+            ("logging.tensorboard_dir".into(), Value::from("tensorboard_log/{dataset}/seed{seed}")),
             ("training.batch_size".into(), Value::from(256u64)),
             ("training.gradient_clip_norm".into(), Value::from(1.0)),
             ("optimizer.lr".into(), Value::from(1e-3)),
@@ -68,6 +71,13 @@ impl Stage for Vanilla {
             ("checkpoint.per_epoch".into(), Value::from(true)),
             ("checkpoint.export_best".into(), Value::from("best")),
         ]
+    }
+
+    /// `--dataset NAME` without `--config` reads `configs/hoser/NAME.yaml` when it exists (upstream
+    /// reads `config/NAME.yaml`), so `hoser-vanilla --dataset Porto --seed 42` has upstream's budget.
+    fn config_file(args: &VanillaArgs) -> Option<PathBuf> {
+        let path = PathBuf::from("configs/hoser").join(format!("{}.yaml", args.dataset.as_deref()?));
+        path.is_file().then_some(path)
     }
 
     fn output_dir_vars(config: &VanillaConfig) -> Vec<(&'static str, String)> {

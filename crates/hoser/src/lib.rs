@@ -2,6 +2,7 @@
 //! matrix, per-step and static features, batching with candidate padding, an OSM importer and
 //! a trip simulator. The burn model and trainer build on these.
 
+pub mod baseline;
 pub mod data;
 pub mod model;
 pub mod osm;
