@@ -2,6 +2,7 @@
 //!
 //! - `ci [--stage NAME]`: format check, clippy with warnings denied, tests, smoke runs.
 //! - `smoke [--stage NAME]`: overfit one batch per stage on the CPU and check the loss drop.
+//! - `demo [--stage NAME]`: train each stage on its demo config and print its validation metrics.
 //! - `check-backends`: build the binaries with the `wgpu` and `cuda` features (own target dir).
 //! - `bench [FILTER]`: criterion benchmarks of training steps.
 //! - `tile -- ARGS`: build `trainyard-tile` in release and run it with ARGS (scenes or
@@ -21,16 +22,64 @@ struct StageInfo {
     package: &'static str,
     bin: &'static str,
     smoke_config: &'static str,
+    /// The config `cargo xtask demo` trains with (the budget README's figures come from).
+    demo_config: Option<&'static str>,
+    /// Library crates this stage's CI job also tests (`ci --stage`).
+    libraries: &'static [&'static str],
+    /// Synthetic tiles the stage trains on in smoke and demo runs: `trainyard-tile` arguments for
+    /// the training tiles and, for the demo, for held-out validation tiles of another seed.
+    tiles: Option<Tiles>,
+}
+
+/// `trainyard-tile` arguments (without `--out`) for a stage's smoke and demo data.
+struct Tiles {
+    smoke: &'static [&'static str],
+    demo_train: &'static [&'static str],
+    demo_val: &'static [&'static str],
 }
 
 /// Every stage, in registration order. The toy task comes first; each later stage adds itself.
 const STAGES: &[StageInfo] = &[
-    StageInfo { name: "toy", package: "trainer", bin: "trainyard-toy", smoke_config: "configs/smoke/toy.yaml" },
+    StageInfo {
+        name: "toy",
+        package: "trainer",
+        bin: "trainyard-toy",
+        smoke_config: "configs/smoke/toy.yaml",
+        demo_config: None,
+        libraries: &["checkpoints", "schedulers"],
+        tiles: None,
+    },
     StageInfo {
         name: "hoser-vanilla",
         package: "hoser-vanilla",
         bin: "hoser-vanilla",
         smoke_config: "configs/smoke/hoser-vanilla.yaml",
+        demo_config: Some("configs/hoser/helsinki_test.yaml"),
+        libraries: &["hoser"],
+        tiles: None,
+    },
+    StageInfo {
+        name: "stage1",
+        package: "stage1",
+        bin: "stage1",
+        smoke_config: "configs/smoke/stage1.yaml",
+        demo_config: Some("configs/demo/stage1.yaml"),
+        libraries: &["sarmodels", "tiling", "losses"],
+        tiles: Some(Tiles {
+            smoke: &["--synthetic", "6", "--synthetic-size", "128", "128", "--size", "64"],
+            demo_train: &[
+                "--synthetic",
+                "12",
+                "--synthetic-size",
+                "256",
+                "256",
+                "--size",
+                "64",
+                "--synthetic-seed",
+                "1",
+            ],
+            demo_val: &["--synthetic", "3", "--synthetic-size", "256", "256", "--size", "64", "--synthetic-seed", "2"],
+        }),
     },
 ];
 
@@ -51,6 +100,13 @@ enum Cmd {
     },
     /// Overfit one batch per stage on the CPU and check the loss falls by the configured factor.
     Smoke {
+        /// Only this stage.
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Train each stage on its demo config (CPU, minutes) into runs/demo/<stage> and print the
+    /// final and best validation metrics: the figures README quotes.
+    Demo {
         /// Only this stage.
         #[arg(long)]
         stage: Option<String>,
@@ -122,8 +178,12 @@ fn ci(stage: Option<&str>) -> Result<()> {
     let package_args: Vec<String> = match stage {
         None => vec!["--workspace".into()],
         Some(_) => {
-            let mut v: Vec<String> = chosen.iter().flat_map(|s| ["-p".to_string(), s.package.to_string()]).collect();
-            v.dedup();
+            let mut v: Vec<String> = Vec::new();
+            for p in chosen.iter().flat_map(|s| std::iter::once(s.package).chain(s.libraries.iter().copied())) {
+                if !v.iter().any(|x| x == p) {
+                    v.extend(["-p".to_string(), p.to_string()]);
+                }
+            }
             v
         }
     };
@@ -184,11 +244,84 @@ fn smoke(stage: Option<&str>) -> Result<u64> {
         let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
         cmd.current_dir(root()).arg("--config").arg(s.smoke_config).arg("--output-dir").arg(&out);
         cmd.args(["--set", "logging.progress=plain"]);
+        if let Some(t) = &s.tiles {
+            let dir = synthetic_tiles(&format!("{}-smoke", s.name), t.smoke)?;
+            cmd.args(["--set", &format!("data.data_dir={}", dir.display())]);
+        }
         run(cmd, &format!("smoke {}", s.name))?;
         check_smoke(s, &out)?;
         passed += 1;
     }
     Ok(passed)
+}
+
+/// Renders synthetic tiles with the debug `trainyard-tile` (built with the tests) into
+/// `target/tiles/<name>` unless a manifest from the same arguments is already there.
+fn synthetic_tiles(name: &str, args: &[&str]) -> Result<PathBuf> {
+    let dir = target_dir().join("tiles").join(name);
+    let stamp = dir.join("xtask-args.txt");
+    let wanted = args.join(" ");
+    if dir.join("manifest.json").is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let mut cmd = Command::new(target_dir().join("debug").join("trainyard-tile"));
+    cmd.args(args).arg("--out").arg(&dir).stdout(std::process::Stdio::null());
+    run(cmd, &format!("synthetic tiles {name}"))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(dir)
+}
+
+/// Trains every stage that has a demo config and prints its validation metrics.
+fn demo(stage: Option<&str>) -> Result<()> {
+    let mut build = cargo();
+    build.args(["test", "--locked", "--workspace", "--no-run"]);
+    run(build, "build stage binaries")?;
+    for s in stages(stage)? {
+        let Some(config) = s.demo_config else {
+            eprintln!("xtask: demo: {} has no demo config", s.name);
+            continue;
+        };
+        let out = root().join("runs").join("demo").join(s.name);
+        if out.exists() {
+            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+        }
+        let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
+        cmd.current_dir(root()).arg("--config").arg(config).arg("--output-dir").arg(&out);
+        cmd.args(["--set", "logging.progress=plain", "--set", "logging.log_dir=null"]);
+        cmd.args(["--set", "logging.tensorboard_dir=null"]);
+        if let Some(t) = &s.tiles {
+            let train = synthetic_tiles(&format!("{}-demo-train", s.name), t.demo_train)?;
+            let val = synthetic_tiles(&format!("{}-demo-val", s.name), t.demo_val)?;
+            cmd.args(["--set", &format!("data.data_dir={}", train.display())]);
+            cmd.args(["--set", &format!("data.val_dir={}", val.display())]);
+        }
+        let start = Instant::now();
+        run(cmd, &format!("demo {}", s.name))?;
+        let secs = start.elapsed().as_secs_f64();
+        let jsonl = out.join("training.jsonl");
+        let text = std::fs::read_to_string(&jsonl).with_context(|| format!("reading {}", jsonl.display()))?;
+        let validations: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "validation")
+            .collect();
+        let show = |e: &Value| {
+            let metrics = e["metrics"].as_object().map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={:.4}", v.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>()
+            });
+            format!("step {}: {}", e["step"], metrics.unwrap_or_default().join(" "))
+        };
+        ensure!(!validations.is_empty(), "demo {}: no validation in {}", s.name, jsonl.display());
+        eprintln!("xtask: demo {} ({config}, {secs:.0} s, outputs in {})", s.name, out.display());
+        if let Some(best) = validations.iter().rev().find(|e| e["is_best"] == true) {
+            eprintln!("xtask: demo {}: best  {}", s.name, show(best));
+        }
+        eprintln!("xtask: demo {}: final {}", s.name, show(validations.last().expect("non-empty")));
+    }
+    Ok(())
 }
 
 /// Reads the run's own outputs and checks the loss fell by the factor its config states.
@@ -264,6 +397,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci { stage } => ci(stage.as_deref()),
         Cmd::Smoke { stage } => smoke(stage.as_deref()).map(drop),
+        Cmd::Demo { stage } => demo(stage.as_deref()),
         Cmd::CheckBackends => check_backends(),
         Cmd::Bench { filter } => bench(filter.as_deref()),
         Cmd::Tile { args } => tile(&args),

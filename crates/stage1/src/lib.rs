@@ -1,0 +1,546 @@
+//! Stage 1: the SAR→optical generator trained on the shared loop.
+//!
+//! The model ([`Stage1Model`]) is `sarmodels`' TerraMind-style encoder–decoder (frozen base plus
+//! LoRA adapters, or fully trained) and its conditional DDIM denoiser. A training step computes
+//! the configured pixel/structure/SAR losses on the generator's output and the denoiser's own x0
+//! loss on the detached output (never through sampling). Validation samples the refiner with
+//! the current `model.timesteps`, reports seed 000's metrics (`val_loss`, `l1`, `ms_ssim`,
+//! `sar_edge_agreement`, ...) plus PSNR against the "predict the mean training image" baseline,
+//! prints seed 000's console block and writes a PNG grid (SAR | prediction | target).
+
+pub mod config;
+pub mod grid;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
+use losses::combined::CombinedLoss;
+use losses::lpips::{Lpips, rgb_from_s2};
+use losses::pixel::masked_l1;
+use losses::sar::colour_ratio_loss;
+use losses::sar::sar_structure_loss;
+use losses::structure::{MsSsimConfig, ms_ssim_loss};
+use sarmodels::denoiser::{Denoiser, sample, training_loss};
+use sarmodels::generator::Generator;
+use sarmodels::report::ParamCount;
+use tiling::dataset::{DatasetConfig, NpzSource, Sample, Standardization, TileDataset, TileSource};
+use tiling::tile::Split;
+use trainer::{Metrics, Mode, Selection, StepOutput, Task};
+
+pub use config::{DataSection, LossSection, ModelSection, Stage1Config};
+
+/// Stage name (binary, default output directory).
+pub const NAME: &str = "stage1";
+
+/// File name of the merged generator written at the end of a run (loadable by `model.pretrained`).
+pub const BASE_EXPORT: &str = "base_model.safetensors";
+
+/// The trained pair: the generator and its refiner.
+#[derive(Module, Debug)]
+pub struct Stage1Model<B: Backend> {
+    /// SAR → optical encoder–decoder.
+    pub generator: Generator<B>,
+    /// Conditional residual denoiser.
+    pub denoiser: Denoiser<B>,
+}
+
+impl<B: Backend> Stage1Model<B> {
+    /// The generator's output and the refined output (`timesteps` DDIM steps from noise seeded by `seed`).
+    pub fn predict(&self, sar: Tensor<B, 4>, timesteps: usize, seed: u64) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let head = self.generator.forward(sar.clone());
+        let residual = sample(&self.denoiser, head.clone(), sar, timesteps, seed);
+        (head.clone(), head + residual)
+    }
+}
+
+/// A batch of tiles on the device.
+pub struct Stage1Batch<B: Backend> {
+    /// `[b, 2, h, w]` standardised VV, VH.
+    pub sar: Tensor<B, 4>,
+    /// `[b, 4, h, w]` standardised B2, B3, B4, B8.
+    pub target: Tensor<B, 4>,
+    /// `[b, 1, h, w]`: 1 where every band was finite.
+    pub valid: Tensor<B, 4>,
+}
+
+/// Stacks samples (all of one size) into a batch.
+pub fn collate<B: Backend>(samples: &[Sample], device: &B::Device) -> Stage1Batch<B> {
+    let (h, w) = (samples[0].height, samples[0].width);
+    let b = samples.len();
+    let cat = |f: fn(&Sample) -> &Vec<f32>, c: usize| {
+        let data: Vec<f32> = samples.iter().flat_map(|s| f(s).iter().copied()).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(data, [b, c, h, w]), device)
+    };
+    Stage1Batch { sar: cat(|s| &s.s1, 2), target: cat(|s| &s.s2, 4), valid: cat(|s| &s.valid, 1) }
+}
+
+/// Decodes `indices` of `dataset` for `epoch` on up to `workers` threads, in order.
+///
+/// # Panics
+/// If a tile cannot be read (the message names the file): the tiles were checked when the
+/// task was built, so this is a file that changed or broke during the run.
+pub fn load_samples(dataset: &TileDataset<NpzSource>, indices: &[usize], epoch: u64, workers: usize) -> Vec<Sample> {
+    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|&i| dataset.sample(i, epoch)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("tile decoding thread"))
+            .map(|r| r.unwrap_or_else(|e| panic!("reading a tile during training: {e}")))
+            .collect()
+    })
+}
+
+/// Converts standardised S2 `[b, 4, h, w]` back to reflectance.
+fn reflectance<B: Backend>(x: Tensor<B, 4>, s: &Standardization) -> Tensor<B, 4> {
+    let device = x.device();
+    let mean = Tensor::<B, 1>::from_data(TensorData::from(s.s2_mean), &device).reshape([1, 4, 1, 1]);
+    let std = Tensor::<B, 1>::from_data(TensorData::from(s.s2_std), &device).reshape([1, 4, 1, 1]);
+    x * std + mean
+}
+
+/// Per-image PSNR in dB over reflectance with a data range of 1 (mean over the image's valid pixels).
+fn psnr_per_image<B: Backend>(pred: Tensor<B, 4>, target: Tensor<B, 4>, valid: Tensor<B, 4>) -> Vec<f64> {
+    let [b, c, _, _] = pred.dims();
+    let sq = (pred - target).powi_scalar(2) * valid.clone();
+    let sum: Vec<f64> = sq.sum_dims(&[1, 2, 3]).reshape([b]).into_data().iter::<f64>().collect();
+    let n: Vec<f64> = valid.sum_dims(&[1, 2, 3]).reshape([b]).into_data().iter::<f64>().collect();
+    sum.iter().zip(&n).map(|(s, n)| psnr(s / (n * c as f64).max(1.0))).collect()
+}
+
+fn psnr(mse: f64) -> f64 {
+    if mse > 0.0 { 10.0 * (1.0 / mse).log10() } else { f64::INFINITY }
+}
+
+fn sum_of<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_scalar().elem::<f64>()
+}
+
+/// Where the tiles come from: a manifest's splits, a hash split, or a separate validation directory.
+fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), String> {
+    let dir = data.data_dir.as_deref().ok_or("data.data_dir is not set")?;
+    let manifest = dir.join("manifest.json");
+    let err = |e: tiling::TilingError| e.to_string();
+    let (train, val, check_split) = if manifest.is_file() {
+        let train = NpzSource::from_manifest(&manifest, Some(Split::Train)).map_err(err)?;
+        let val = match &data.val_dir {
+            Some(_) => None,
+            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val)).map_err(err)?),
+        };
+        (train, val, true)
+    } else {
+        // No manifest: a stable hash of the tile id decides, so the split does not depend on file order.
+        let all = NpzSource::from_dir(dir).map_err(err)?;
+        let threshold = (data.val_split * 1_000_000.0) as u32;
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (i, path) in all.paths().enumerate() {
+            let id = all.tile_id(i);
+            let bucket = crc32c::crc32c(id.as_bytes()) % 1_000_000;
+            if bucket < threshold { val.push(path.to_path_buf()) } else { train.push(path.to_path_buf()) }
+        }
+        let val = if data.val_dir.is_some() { None } else { Some(NpzSource::from_paths(val)) };
+        (NpzSource::from_paths(train), val, false)
+    };
+    let val = match (val, &data.val_dir) {
+        (Some(v), _) => v,
+        (None, Some(d)) => NpzSource::from_dir(d).map_err(err)?,
+        (None, None) => unreachable!("val is None only with val_dir"),
+    };
+    Ok((train, val, check_split && data.val_dir.is_none()))
+}
+
+/// Keeps the first `n` tiles of a source.
+fn take(source: NpzSource, n: Option<usize>) -> NpzSource {
+    match n {
+        Some(n) if n < source.len() => {
+            NpzSource::from_paths(source.paths().take(n).map(Path::to_path_buf).collect::<Vec<_>>())
+        }
+        _ => source,
+    }
+}
+
+/// The stage-1 task over loaded tile sets.
+pub struct Stage1Task<B: AutodiffBackend> {
+    config: Stage1Config,
+    train: TileDataset<NpzSource>,
+    val: TileDataset<NpzSource>,
+    standardization: Standardization,
+    loss: CombinedLoss,
+    ms_ssim: MsSsimConfig,
+    lpips: Option<Lpips<B>>,
+    timesteps: AtomicUsize,
+    epoch: AtomicU64,
+    validation_step: AtomicU64,
+    baseline_psnr: f64,
+    dataset_id: String,
+    run_dir: PathBuf,
+}
+
+impl<B: AutodiffBackend> Stage1Task<B> {
+    /// Reads the tile sets the config names and checks them against the model.
+    pub fn new(config: &Stage1Config, device: &B::Device) -> Result<Self, String> {
+        let data = &config.data;
+        let (train, val, check_split) = sources(data)?;
+        let train = take(train, data.max_tiles);
+        let val = take(val, data.max_val_tiles);
+        let dir = data.data_dir.as_deref().unwrap_or(Path::new("."));
+        if train.is_empty() {
+            return Err(format!(
+                "{}: no training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
+                dir.display()
+            ));
+        }
+        if val.is_empty() {
+            let from = data.val_dir.as_deref().unwrap_or(dir);
+            return Err(format!("{}: no validation tiles (set data.val_dir or data.val_split)", from.display()));
+        }
+        let standardization =
+            if config.model.standardize { Standardization::terramind_v1() } else { Standardization::none() };
+        let dataset = |source, split, augment| {
+            let mut c = DatasetConfig::new(split, config.seed);
+            c.standardization = standardization.clone();
+            c.augment = augment;
+            c.tile_size = data.tile_size.map(|s| (s, s));
+            c.check_split = check_split;
+            TileDataset::new(source, c).map_err(|e| e.to_string())
+        };
+        let mut train_paths = Vec::new();
+        for p in train.paths() {
+            train_paths.extend_from_slice(p.display().to_string().as_bytes());
+        }
+        let train = dataset(train, Split::Train, data.augment)?;
+        let val = dataset(val, Split::Val, false)?;
+
+        // Every tile must fit the patch grid; check the first of each set now (sizes are uniform
+        // within a tiler run) so a mismatch is a config error and not a panic mid-run.
+        let generator = config.model.generator();
+        for (name, set) in [("training", &train), ("validation", &val)] {
+            let s = set.sample(0, 0).map_err(|e| e.to_string())?;
+            generator.check_input(s.height, s.width).map_err(|e| format!("{name} tile `{}`: {e}", s.tile_id))?;
+        }
+        if let Some(path) = &config.model.pretrained {
+            generator
+                .try_init::<B>(device)
+                .map_err(|e| e.to_string())?
+                .load_base(path)
+                .map_err(|e| format!("model.pretrained: {e}"))?;
+        }
+        if config.model.lora.enabled && config.model.pretrained.is_none() {
+            tracing::warn!(
+                "LoRA on a randomly initialised base: only the adapters train and the frozen pixel head stays random. \
+                 Train a base first (model.lora.enabled: false; it is written to {BASE_EXPORT}) and load it with \
+                 model.pretrained"
+            );
+        }
+        let loss = CombinedLoss::new(&config.loss.weights(), &config::LOSS_TERMS)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        let lpips = if loss.is_active("lpips") {
+            Some(config.loss.lpips.load::<B>(device).map_err(|e| format!("loss.lpips: {e}"))?)
+        } else {
+            None
+        };
+        let baseline_psnr = mean_image_baseline::<B::InnerBackend>(&train, &val, data, &standardization, device);
+        let dataset_id = format!("stage1-{:08x}-{}", crc32c::crc32c(&train_paths), train.len());
+        Ok(Self {
+            config: config.clone(),
+            train,
+            val,
+            standardization,
+            loss,
+            ms_ssim: MsSsimConfig::default(),
+            lpips,
+            timesteps: AtomicUsize::new(config.model.timesteps),
+            epoch: AtomicU64::new(0),
+            validation_step: AtomicU64::new(0),
+            baseline_psnr,
+            dataset_id,
+            run_dir: config.output_dir.clone(),
+        })
+    }
+
+    /// The DDIM steps validation uses now (lowered by out-of-memory recovery).
+    pub fn timesteps(&self) -> usize {
+        self.timesteps.load(Ordering::SeqCst)
+    }
+
+    /// PSNR of predicting the mean training image for every validation tile.
+    pub fn baseline_psnr(&self) -> f64 {
+        self.baseline_psnr
+    }
+
+    /// Number of training and validation tiles.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.val.len())
+    }
+
+    /// Validation over the whole validation set with the current timesteps.
+    pub fn evaluate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> Metrics {
+        let steps = self.timesteps();
+        let order: Vec<usize> = (0..self.val.len()).collect();
+        let w = |name: &str| self.loss.weight(name);
+        let lpips = self.lpips.as_ref().map(|l| l.valid());
+        let mut sums: std::collections::BTreeMap<&str, f64> = Default::default();
+        let (mut psnr_sum, mut psnr_head_sum, mut n) = (0.0, 0.0, 0usize);
+        let mut grid = Vec::new();
+        for (bi, chunk) in order.chunks(self.config.data.val_batch_size).enumerate() {
+            let samples = load_samples(&self.val, chunk, 0, self.config.data.num_workers);
+            let batch = collate::<B::InnerBackend>(&samples, device);
+            let k = samples.len() as f64;
+            let seed = self.config.seed ^ (bi as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let (head, out) = model.predict(batch.sar.clone(), steps, seed);
+            let mut add = |name: &'static str, v: f64| *sums.entry(name).or_default() += v * k;
+            add("l1", sum_of(masked_l1(out.clone(), batch.target.clone(), batch.valid.clone())));
+            add("ms_ssim", sum_of(ms_ssim_loss(out.clone(), batch.target.clone(), &self.ms_ssim)));
+            add("sar_structure", sum_of(sar_structure_loss(out.clone(), batch.sar.clone())));
+            let refl_out = reflectance(out.clone(), &self.standardization);
+            let refl_target = reflectance(batch.target.clone(), &self.standardization);
+            if let Some(l) = &lpips {
+                add("lpips", sum_of(l.loss(rgb_from_s2(refl_out.clone()), rgb_from_s2(refl_target.clone()))));
+            }
+            if self.loss.is_active("color_consistency") {
+                add("color_consistency", sum_of(colour_ratio_loss(refl_out.clone(), refl_target.clone())));
+            }
+            let refl_head = reflectance(head, &self.standardization);
+            psnr_sum += psnr_per_image(refl_out.clone(), refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
+            psnr_head_sum += psnr_per_image(refl_head, refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
+            n += samples.len();
+            if grid.len() < self.config.data.grid_tiles {
+                let out_host: Vec<f32> = refl_out.into_data().iter::<f32>().collect();
+                let target_host: Vec<f32> = refl_target.into_data().iter::<f32>().collect();
+                for (i, s) in samples.iter().enumerate() {
+                    if grid.len() == self.config.data.grid_tiles {
+                        break;
+                    }
+                    let hw = s.height * s.width;
+                    grid.push(grid::Row {
+                        sar: s.s1[..hw].to_vec(),
+                        prediction: out_host[i * 4 * hw..(i + 1) * 4 * hw].to_vec(),
+                        target: target_host[i * 4 * hw..(i + 1) * 4 * hw].to_vec(),
+                        height: s.height,
+                        width: s.width,
+                    });
+                }
+            }
+        }
+        let mut m = Metrics::new();
+        let nf = n as f64;
+        let mut val_loss = 0.0;
+        for (name, total) in &sums {
+            let v = total / nf;
+            m.insert((*name).to_string(), v);
+            val_loss += w(name) * v;
+        }
+        // seed 000: `sar_edge_agreement` is the validation `sar_structure` (lower is better), always computed.
+        m.insert("sar_edge_agreement".into(), m["sar_structure"]);
+        m.insert("val_loss".into(), val_loss);
+        m.insert("psnr".into(), psnr_sum / nf);
+        m.insert("psnr_head".into(), psnr_head_sum / nf);
+        m.insert("psnr_mean_image".into(), self.baseline_psnr);
+        m.insert("timesteps".into(), steps as f64);
+        let step = self.validation_step.load(Ordering::SeqCst);
+        if !grid.is_empty() {
+            let path = self.run_dir.join("validation").join(format!("step_{step}.png"));
+            if let Err(e) = grid::write(&path, &grid) {
+                tracing::warn!("could not write the validation grid {}: {e}", path.display());
+            }
+        }
+        eprintln!("Val Loss: {val_loss:.4}");
+        eprintln!("  L1: {:.4}, MS-SSIM: {:.4}", m["l1"], m["ms_ssim"]);
+        if let Some(l) = m.get("lpips") {
+            eprintln!("  LPIPS: {l:.4}");
+        }
+        eprintln!("  SAR-Edge Agreement: {:.4}", m["sar_edge_agreement"]);
+        eprintln!("  PSNR: {:.2} dB (mean-image baseline {:.2} dB, timesteps {steps})", m["psnr"], self.baseline_psnr);
+        m
+    }
+}
+
+/// PSNR of the per-pixel mean of (at most `baseline_tiles`) un-augmented training tiles as the
+/// prediction for every validation tile; `NaN` when tile sizes differ.
+fn mean_image_baseline<B: Backend>(
+    train: &TileDataset<NpzSource>,
+    val: &TileDataset<NpzSource>,
+    data: &DataSection,
+    s: &Standardization,
+    device: &B::Device,
+) -> f64 {
+    let n = train.len().min(data.baseline_tiles.max(1));
+    // Index i of epoch 0 of the training set is augmented; draw with the validation transform instead.
+    let mut plain = train.config().clone();
+    plain.augment = false;
+    let Ok(plain) = TileDataset::new(
+        NpzSource::from_paths(train.source().paths().map(Path::to_path_buf).collect::<Vec<_>>()),
+        plain,
+    ) else {
+        return f64::NAN;
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let samples = load_samples(&plain, &idx, 0, data.num_workers);
+    let (h, w) = (samples[0].height, samples[0].width);
+    if samples.iter().any(|x| (x.height, x.width) != (h, w)) {
+        return f64::NAN;
+    }
+    let mut mean = vec![0.0f64; 4 * h * w];
+    for x in &samples {
+        for (m, v) in mean.iter_mut().zip(&x.s2) {
+            *m += f64::from(*v) / n as f64;
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let (mut total, mut count) = (0.0, 0usize);
+    let order: Vec<usize> = (0..val.len()).collect();
+    for chunk in order.chunks(data.val_batch_size.max(1)) {
+        let samples = load_samples(val, chunk, 0, data.num_workers);
+        if samples.iter().any(|x| (x.height, x.width) != (h, w)) {
+            return f64::NAN;
+        }
+        let batch = collate::<B>(&samples, device);
+        let b = samples.len();
+        let pred = Tensor::<B, 4>::from_data(TensorData::new(mean.repeat(b), [b, 4, h, w]), device);
+        let p = psnr_per_image(reflectance(pred, s), reflectance(batch.target, s), batch.valid);
+        total += p.iter().sum::<f64>();
+        count += b;
+    }
+    total / count as f64
+}
+
+impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
+    type Model = Stage1Model<B>;
+    type Batch = Stage1Batch<B>;
+
+    fn build_model(&self, device: &B::Device) -> Stage1Model<B> {
+        let gc = self.config.model.generator();
+        let mut generator = gc.init::<B>(device);
+        if let Some(path) = &self.config.model.pretrained {
+            generator = generator.load_base(path).expect("checked when the task was built");
+        }
+        let model = Stage1Model { denoiser: gc.init_denoiser(device), generator };
+        let count = ParamCount::of::<B, _>(&model);
+        eprintln!("{count}");
+        model
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn begin_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    fn begin_validation(&self, step: u64) {
+        self.validation_step.store(step, Ordering::SeqCst);
+        eprintln!("\n[Step {step}] Running validation...");
+    }
+
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> Stage1Batch<B> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        collate(&load_samples(&self.train, indices, epoch, self.config.data.num_workers), device)
+    }
+
+    fn train_step(&self, model: &Stage1Model<B>, batch: &Stage1Batch<B>) -> StepOutput<B> {
+        let pred = model.generator.forward(batch.sar.clone());
+        let mut terms: Vec<(&str, Tensor<B, 1>)> = Vec::new();
+        let active = |n: &str| self.loss.is_active(n);
+        if active("l1") {
+            terms.push(("l1", masked_l1(pred.clone(), batch.target.clone(), batch.valid.clone())));
+        }
+        if active("ms_ssim") {
+            terms.push(("ms_ssim", ms_ssim_loss(pred.clone(), batch.target.clone(), &self.ms_ssim)));
+        }
+        if active("sar_structure") {
+            terms.push(("sar_structure", sar_structure_loss(pred.clone(), batch.sar.clone())));
+        }
+        if active("lpips") || active("color_consistency") {
+            let p = reflectance(pred.clone(), &self.standardization);
+            let t = reflectance(batch.target.clone(), &self.standardization);
+            if let Some(l) = &self.lpips {
+                terms.push(("lpips", l.loss(rgb_from_s2(p.clone()), rgb_from_s2(t.clone()))));
+            }
+            if active("color_consistency") {
+                terms.push(("color_consistency", colour_ratio_loss(p, t)));
+            }
+        }
+        if active("denoiser") {
+            // The refiner learns on the detached generator output: its loss never reaches the generator.
+            let cond = pred.clone().detach();
+            // One draw from the backend RNG (reseeded per step by the loop) seeds the host-side noise,
+            // so a resumed run draws the same noise.
+            let seed: f64 = Tensor::<B, 1>::random([1], Distribution::Uniform(0.0, 16_777_216.0), &pred.device())
+                .into_scalar()
+                .elem();
+            let residual = batch.target.clone() - cond.clone();
+            terms.push(("denoiser", training_loss(&model.denoiser, residual, cond, batch.sar.clone(), seed as u64)));
+        }
+        let out = self.loss.combine(terms).expect("every active term is computed above");
+        let mut metrics = out.components();
+        metrics.remove("loss");
+        // seed 000's step-log names: the unweighted terms without the `loss_` prefix.
+        let metrics = metrics.into_iter().map(|(k, v)| (k.trim_start_matches("loss_").to_string(), v)).collect();
+        StepOutput { loss: out.total, metrics }
+    }
+
+    fn validate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> Metrics {
+        self.evaluate(model, device)
+    }
+
+    fn selection(&self) -> Selection {
+        Selection { metric: "val_loss".into(), mode: Mode::Min }
+    }
+
+    fn dataset_id(&self) -> String {
+        self.dataset_id.clone()
+    }
+
+    fn degrade(&self) -> Option<String> {
+        let now = self.timesteps();
+        let floor = self.config.model.min_timesteps;
+        if now <= floor {
+            return None;
+        }
+        let next = now.saturating_sub(self.config.model.timestep_reduction).max(floor);
+        self.timesteps.store(next, Ordering::SeqCst);
+        Some(format!("timesteps {now} -> {next}"))
+    }
+
+    fn degrade_state(&self) -> serde_json::Value {
+        serde_json::json!({ "timesteps": self.timesteps() })
+    }
+
+    fn restore_degrade(&self, state: &serde_json::Value) -> Result<(), String> {
+        let t = state["timesteps"].as_u64().ok_or_else(|| format!("expected {{\"timesteps\": N}}, got {state}"))?;
+        self.timesteps.store(t as usize, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Writes the merged generator (adapters folded in) as a base `model.pretrained` can load.
+pub fn export_base<B: Backend>(model: Stage1Model<B>, path: &Path) -> Result<(), String> {
+    model.generator.merge_lora().save_base(path).map_err(|e| e.to_string())
+}
+
+/// Renders `scenes` synthetic paired scenes of `scene_size`² pixels (seed `seed`) and cuts them
+/// into `tile_size` tiles in `out_dir` with a manifest and scene splits — what
+/// `trainyard-tile --synthetic N --synthetic-size S S --size T --synthetic-seed SEED` writes.
+/// Tests, smoke and demo runs train on these; every sidecar says `synthetic: true`.
+pub fn write_synthetic_tiles(
+    out_dir: &Path,
+    scenes: usize,
+    scene_size: usize,
+    tile_size: usize,
+    seed: u64,
+) -> Result<usize, String> {
+    use tiling::synthetic::{SyntheticConfig, SyntheticScene};
+    let cfg = SyntheticConfig::new(scene_size, scene_size, seed);
+    let rendered =
+        (0..scenes as u64).map(|i| SyntheticScene::generate(&cfg, i).with_fake_georeference().to_scene()).collect();
+    let tiler = tiling::tiler::TilerConfig { size: tile_size, seed, ..Default::default() };
+    let manifest = tiling::tiler::tile_scenes(out_dir, rendered, tiler).map_err(|e| e.to_string())?;
+    Ok(manifest.tiles.len())
+}
