@@ -104,6 +104,24 @@ pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// Writes named f32 tensors `(name, shape, row-major values)` as a safetensors file, atomically
+/// (model exports keyed by reference names: HOSER's state dict, the stage-1 base). An error says
+/// what failed; the previous file, if any, is untouched.
+pub fn write_f32_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> io::Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(k, shape, v)| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views = bytes
+        .iter()
+        .map(|(k, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let out =
+        safetensors::serialize(views, None).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    write_atomic(path, |f| f.write_all(&out), || {})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! stored: [`Generator::save_base`] folds the adapters in first, [`Generator::load_base`] leaves the
 //! adapters as they are.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -175,21 +175,8 @@ impl<B: Backend> Generator<B> {
 
     /// Writes the base weights (adapters folded in, see [`Generator::merge_lora`]) to a safetensors file (f32).
     pub fn save_base(&self, path: &Path) -> Result<(), WeightError> {
-        let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = self
-            .base_state()
-            .into_iter()
-            .map(|(k, shape, v)| (k, (shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(k, (shape, data))| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WeightError::Format { path: path.into(), message: e.to_string() })?;
-        let out = safetensors::serialize(views, None)
-            .map_err(|e| WeightError::Format { path: path.into(), message: e.to_string() })?;
-        std::fs::write(path, out).map_err(|source| WeightError::Io { path: path.into(), source })
+        checkpoints::atomic::write_f32_safetensors(path, self.base_state())
+            .map_err(|source| WeightError::Io { path: path.into(), source })
     }
 
     /// Loads every base parameter from a safetensors file written by [`Generator::save_base`] (or
@@ -218,6 +205,8 @@ impl<B: Backend> Generator<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::generator::tests::{config, host, max_abs_diff, param_shapes, randomize_adapters};
     use crate::report::lora_adapter_names;

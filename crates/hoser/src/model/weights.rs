@@ -6,7 +6,6 @@
 //! `[in, out]`). Upstream buffers (`road2zone`, `attn.bias`, the feature and graph buffers) are not
 //! parameters here: they are ignored on import and not exported.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -173,21 +172,8 @@ impl<B: Backend> Hoser<B> {
 
     /// Writes [`Hoser::state_dict`] to a safetensors file (f32, upstream keys and layouts).
     pub fn save_safetensors(&self, path: &Path) -> Result<(), WeightError> {
-        let tensors = self.state_dict();
-        let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(k, shape, v)| (k, (shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(k, (shape, data))| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WeightError::Format { path: path.into(), message: e.to_string() })?;
-        let out = safetensors::serialize(views, None)
-            .map_err(|e| WeightError::Format { path: path.into(), message: e.to_string() })?;
-        std::fs::write(path, out).map_err(|source| WeightError::Io { path: path.into(), source })
+        checkpoints::atomic::write_f32_safetensors(path, self.state_dict())
+            .map_err(|source| WeightError::Io { path: path.into(), source })
     }
 
     /// Loads every parameter from an upstream state dict saved as safetensors (f32). Extra keys
