@@ -96,6 +96,23 @@ fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device)
     LinearConfig::new(d_in, d_out).with_bias(bias).init(device)
 }
 
+/// `layer` applied to the last axis of `x`, with the leading axes flattened into one. burn's
+/// `Linear` on a rank > 2 input is a batched matmul against the broadcast weight, and its backward
+/// materialises one `[d_in, d_out]` weight gradient per leading index before summing them (365 MB
+/// for the navigator's `k_proj` at B = 64, T = 29); as one 2-D matmul the same training step runs
+/// about twice as fast on the CPU backend (ARCHITECTURE.md, "HOSER training throughput vs
+/// upstream (CPU)").
+fn apply<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    if D <= 2 {
+        return layer.forward(x);
+    }
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    let y = layer.forward(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
 /// Two linears with an activation between them, named like PyTorch `nn.Sequential` items 0 and 2.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -111,7 +128,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.l2.forward(gelu(self.l0.forward(x)))
+        apply(&self.l2, gelu(apply(&self.l0, x)))
     }
 }
 
@@ -296,19 +313,19 @@ impl<B: Backend> CausalSelfAttention<B> {
         let [b, t, w] = x.dims();
         let h = self.num_heads;
         let dh = w / h;
-        let qkv = self.c_attn.forward(x);
+        let qkv = apply(&self.c_attn, x);
         let split = |i: usize| qkv.clone().narrow(2, i * w, w).reshape([b, t, h, dh]).swap_dims(1, 2);
         let (q, k, v) = (split(0), split(1), split(2)); // [B, H, T, dh]
         let attn1 = q.clone().matmul(k.swap_dims(2, 3));
-        let k2 = self.relative_position_emb_k.forward(rel.clone()); // [B, T, T, dh]
+        let k2 = apply(&self.relative_position_emb_k, rel.clone()); // [B, T, T, dh]
         let attn2 = q.swap_dims(1, 2).matmul(k2.swap_dims(2, 3)).swap_dims(1, 2);
         let attn = (attn1 + attn2) * (1.0 / (dh as f64).sqrt());
         let attn = softmax(attn.mask_fill(mask.expand([b, h, t, t]), f32::NEG_INFINITY), 3);
         let weight1 = attn.clone().matmul(v);
-        let v2 = self.relative_position_emb_v.forward(rel);
+        let v2 = apply(&self.relative_position_emb_v, rel);
         let weight2 = attn.swap_dims(1, 2).matmul(v2).swap_dims(1, 2);
         let y = (weight1 + weight2).swap_dims(1, 2).reshape([b, t, w]);
-        self.c_proj.forward(y)
+        apply(&self.c_proj, y)
     }
 }
 
@@ -443,20 +460,20 @@ impl<B: Backend> Navigator<B> {
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [b, t, c, d] = cand.dims();
         let dest = dest_zone.unsqueeze_dim::<3>(1).expand([b, t, d]);
-        let q = self.q_proj.forward(Tensor::cat(vec![traj.clone(), dest], 2)).unsqueeze_dim::<4>(2);
+        let q = apply(&self.q_proj, Tensor::cat(vec![traj.clone(), dest], 2)).unsqueeze_dim::<4>(2);
         let k = Tensor::cat(
             vec![
                 cand.clone(),
-                self.metric_distance_proj.forward(input.metric_dis.clone().unsqueeze_dim::<4>(3)),
-                self.metric_angle_proj.forward(input.metric_angle.clone().unsqueeze_dim::<4>(3)),
+                apply(&self.metric_distance_proj, input.metric_dis.clone().unsqueeze_dim::<4>(3)),
+                apply(&self.metric_angle_proj, input.metric_angle.clone().unsqueeze_dim::<4>(3)),
             ],
             3,
         );
-        let k = self.k_proj.forward(k);
-        let logits = self.v_proj.forward((q + k).tanh()).reshape([b, t, c]);
-        let h1 = self.time_estimator_linear_1.forward(traj).unsqueeze_dim::<4>(2).expand([b, t, c, HEAD_WIDTH]);
-        let h2 = self.time_estimator_linear_2.forward(cand);
-        let time = self.time_estimator_linear_3.forward(gelu(Tensor::cat(vec![h1, h2], 3))).reshape([b, t, c]);
+        let k = apply(&self.k_proj, k);
+        let logits = apply(&self.v_proj, (q + k).tanh()).reshape([b, t, c]);
+        let h1 = apply(&self.time_estimator_linear_1, traj).unsqueeze_dim::<4>(2).expand([b, t, c, HEAD_WIDTH]);
+        let h2 = apply(&self.time_estimator_linear_2, cand);
+        let time = apply(&self.time_estimator_linear_3, gelu(Tensor::cat(vec![h1, h2], 3))).reshape([b, t, c]);
         (logits, time)
     }
 }
