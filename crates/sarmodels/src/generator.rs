@@ -725,7 +725,11 @@ pub(crate) mod tests {
         assert!(max_abs_diff(&unmerged, &host(base.forward(x.clone()))) > 1e-3, "adapters change the output");
         let merged = g.merge_lora();
         assert!(lora_adapter_names(&merged).is_empty());
-        assert!(max_abs_diff(&unmerged, &host(merged.forward(x))) < 1e-5);
+        // f32 summation order differs between x·(W + s·AᵀBᵀ) and x·W + s·(x·Aᵀ)·Bᵀ: compare relative
+        // to the output's scale (random adapters make outputs of order 10-100).
+        let scale = unmerged.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&unmerged, &host(merged.forward(x)));
+        assert!(diff < 1e-5 * scale, "merged differs by {diff} at output scale {scale}");
     }
 
     fn grads_by_path(

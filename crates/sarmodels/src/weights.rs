@@ -276,7 +276,10 @@ mod tests {
 
         let x = Tensor::<AB, 4>::random([1, 2, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let full = config(false).init::<AB>(&device).load_base(&file).unwrap();
-        assert!(max_abs_diff(&host(tuned.forward(x.clone())), &host(full.forward(x.clone()))) < 1e-5);
+        let want = host(tuned.forward(x.clone()));
+        // Relative to the output's scale: random adapters give outputs of order 10-100 in f32.
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        assert!(max_abs_diff(&want, &host(full.forward(x.clone()))) < 1e-5 * scale);
         assert!(full.encoder[0].attn.proj.weight.is_require_grad(), "full training stays trainable");
 
         let fresh = config(true).init::<AB>(&device).load_base(&file).unwrap();

@@ -376,3 +376,41 @@ fn every_key_of_the_lowvr_config_is_read() {
         }
     }
 }
+
+#[test]
+fn a_lora_run_on_a_trained_base_starts_from_that_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Full training writes the merged generator...
+    let full = tmp.path().join("full");
+    let mut c = stage1(&full);
+    c.args(["--steps", "6", "--val-every", "6", "--set", "model.lora.enabled=false"]);
+    run(c);
+    let base = full.join(stage1::BASE_EXPORT);
+    let full_val = of(&events(&full), "validation").last().map(|v| v["metrics"].clone()).unwrap();
+
+    // ...which a LoRA run loads as its frozen base. With a vanishing learning rate the adapters
+    // (B = 0) stay at zero, so its generator is the base: same head PSNR on the same tiles.
+    let lora = tmp.path().join("lora");
+    let mut c = stage1(&lora);
+    c.args(["--steps", "3", "--val-every", "3", "--set", "optimizer.lr=1e-12"])
+        .args(["--set", "optimizer.scheduler.min_lr=0", "--set", "model.lora.enabled=true", "--set"])
+        .arg(format!("model.pretrained={}", base.display()));
+    let o = run(c);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("Trainable parameters: ")).expect("trainable line");
+    let pct: f64 = line.rsplit('(').next().unwrap().trim_end_matches(" %)").parse().unwrap();
+    assert!(pct > 0.0 && pct < 100.0, "only adapters and the denoiser train: {line}");
+    let lora_val = of(&events(&lora), "validation").last().map(|v| v["metrics"].clone()).unwrap();
+    let (a, b) = (full_val["psnr_head"].as_f64().unwrap(), lora_val["psnr_head"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4, "head PSNR {a} after full training, {b} from the loaded base");
+
+    // A base that does not fit the model is refused before training, naming the option.
+    let bad = tmp.path().join("bad");
+    let mut c = stage1(&bad);
+    c.args(["--steps", "3", "--set", "model.size=tiny", "--set"]).arg(format!("model.pretrained={}", base.display()));
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("model.pretrained") && stderr.contains("shape"), "{stderr}");
+    assert!(!bad.join("checkpoints").exists(), "nothing trained");
+}
