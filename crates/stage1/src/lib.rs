@@ -177,7 +177,9 @@ pub struct Stage1Task<B: AutodiffBackend> {
     timesteps: AtomicUsize,
     epoch: AtomicU64,
     validation_step: AtomicU64,
-    baseline_psnr: f64,
+    /// Per-pixel mean of the (un-augmented) training targets `[4, h, w]` and its size; `None`
+    /// when training tiles differ in size.
+    mean_image: Option<(Vec<f32>, usize, usize)>,
     dataset_id: String,
     run_dir: PathBuf,
 }
@@ -245,7 +247,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         } else {
             None
         };
-        let baseline_psnr = mean_image_baseline::<B::InnerBackend>(&train, &val, data, &standardization, device);
+        let mean_image = mean_training_image(&train, data);
         let dataset_id = format!("stage1-{:08x}-{}", crc32c::crc32c(&train_paths), train.len());
         Ok(Self {
             config: config.clone(),
@@ -258,7 +260,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
             timesteps: AtomicUsize::new(config.model.timesteps),
             epoch: AtomicU64::new(0),
             validation_step: AtomicU64::new(0),
-            baseline_psnr,
+            mean_image,
             dataset_id,
             run_dir: config.output_dir.clone(),
         })
@@ -267,11 +269,6 @@ impl<B: AutodiffBackend> Stage1Task<B> {
     /// The DDIM steps validation uses now (lowered by out-of-memory recovery).
     pub fn timesteps(&self) -> usize {
         self.timesteps.load(Ordering::SeqCst)
-    }
-
-    /// PSNR of predicting the mean training image for every validation tile.
-    pub fn baseline_psnr(&self) -> f64 {
-        self.baseline_psnr
     }
 
     /// Number of training and validation tiles.
@@ -287,6 +284,8 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let lpips = self.lpips.as_ref().map(|l| l.valid());
         let mut sums: std::collections::BTreeMap<&str, f64> = Default::default();
         let (mut psnr_sum, mut psnr_head_sum, mut n) = (0.0, 0.0, 0usize);
+        // The baseline: the mean training image predicted for every tile of its size.
+        let (mut psnr_mean_sum, mut mean_ok) = (0.0, self.mean_image.is_some());
         let mut grid = Vec::new();
         for (bi, chunk) in order.chunks(self.config.data.val_batch_size).enumerate() {
             let samples = load_samples(&self.val, chunk, 0, self.config.data.num_workers);
@@ -307,6 +306,15 @@ impl<B: AutodiffBackend> Stage1Task<B> {
                 add("color_consistency", sum_of(colour_ratio_loss(refl_out.clone(), refl_target.clone())));
             }
             let refl_head = reflectance(head, &self.standardization);
+            match &self.mean_image {
+                Some((mean, h, w)) if samples.iter().all(|x| (x.height, x.width) == (*h, *w)) => {
+                    let b = samples.len();
+                    let pred = Tensor::from_data(TensorData::new(mean.repeat(b), [b, 4, *h, *w]), device);
+                    let p = reflectance(pred, &self.standardization);
+                    psnr_mean_sum += psnr_per_image(p, refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
+                }
+                _ => mean_ok = false,
+            }
             psnr_sum += psnr_per_image(refl_out.clone(), refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
             psnr_head_sum += psnr_per_image(refl_head, refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
             n += samples.len();
@@ -341,7 +349,8 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         m.insert("val_loss".into(), val_loss);
         m.insert("psnr".into(), psnr_sum / nf);
         m.insert("psnr_head".into(), psnr_head_sum / nf);
-        m.insert("psnr_mean_image".into(), self.baseline_psnr);
+        let baseline = if mean_ok { psnr_mean_sum / nf } else { f64::NAN };
+        m.insert("psnr_mean_image".into(), baseline);
         m.insert("timesteps".into(), steps as f64);
         let step = self.validation_step.load(Ordering::SeqCst);
         if !grid.is_empty() {
@@ -356,35 +365,26 @@ impl<B: AutodiffBackend> Stage1Task<B> {
             eprintln!("  LPIPS: {l:.4}");
         }
         eprintln!("  SAR-Edge Agreement: {:.4}", m["sar_edge_agreement"]);
-        eprintln!("  PSNR: {:.2} dB (mean-image baseline {:.2} dB, timesteps {steps})", m["psnr"], self.baseline_psnr);
+        eprintln!("  PSNR: {:.2} dB (mean-image baseline {baseline:.2} dB, timesteps {steps})", m["psnr"]);
         m
     }
 }
 
-/// PSNR of the per-pixel mean of (at most `baseline_tiles`) un-augmented training tiles as the
-/// prediction for every validation tile; `NaN` when tile sizes differ.
-fn mean_image_baseline<B: Backend>(
-    train: &TileDataset<NpzSource>,
-    val: &TileDataset<NpzSource>,
-    data: &DataSection,
-    s: &Standardization,
-    device: &B::Device,
-) -> f64 {
+/// The per-pixel mean of the targets of (at most `baseline_tiles`) un-augmented training tiles,
+/// `[4, h, w]` standardised, for the "predict the mean training image" baseline; `None` when the
+/// tiles differ in size.
+fn mean_training_image(train: &TileDataset<NpzSource>, data: &DataSection) -> Option<(Vec<f32>, usize, usize)> {
     let n = train.len().min(data.baseline_tiles.max(1));
-    // Index i of epoch 0 of the training set is augmented; draw with the validation transform instead.
+    // Training samples are augmented; read these with the validation transform instead.
     let mut plain = train.config().clone();
     plain.augment = false;
-    let Ok(plain) = TileDataset::new(
-        NpzSource::from_paths(train.source().paths().map(Path::to_path_buf).collect::<Vec<_>>()),
-        plain,
-    ) else {
-        return f64::NAN;
-    };
+    let paths: Vec<PathBuf> = train.source().paths().map(Path::to_path_buf).collect();
+    let plain = TileDataset::new(NpzSource::from_paths(paths), plain).ok()?;
     let idx: Vec<usize> = (0..n).collect();
     let samples = load_samples(&plain, &idx, 0, data.num_workers);
     let (h, w) = (samples[0].height, samples[0].width);
     if samples.iter().any(|x| (x.height, x.width) != (h, w)) {
-        return f64::NAN;
+        return None;
     }
     let mut mean = vec![0.0f64; 4 * h * w];
     for x in &samples {
@@ -392,22 +392,7 @@ fn mean_image_baseline<B: Backend>(
             *m += f64::from(*v) / n as f64;
         }
     }
-    let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-    let (mut total, mut count) = (0.0, 0usize);
-    let order: Vec<usize> = (0..val.len()).collect();
-    for chunk in order.chunks(data.val_batch_size.max(1)) {
-        let samples = load_samples(val, chunk, 0, data.num_workers);
-        if samples.iter().any(|x| (x.height, x.width) != (h, w)) {
-            return f64::NAN;
-        }
-        let batch = collate::<B>(&samples, device);
-        let b = samples.len();
-        let pred = Tensor::<B, 4>::from_data(TensorData::new(mean.repeat(b), [b, 4, h, w]), device);
-        let p = psnr_per_image(reflectance(pred, s), reflectance(batch.target, s), batch.valid);
-        total += p.iter().sum::<f64>();
-        count += b;
-    }
-    total / count as f64
+    Some((mean.iter().map(|&v| v as f32).collect(), h, w))
 }
 
 impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
