@@ -66,15 +66,17 @@ pub struct Stage1Batch<B: Backend> {
     pub valid: Tensor<B, 4>,
 }
 
-/// Stacks samples (all of one size) into a batch.
+/// Stacks samples into a batch on the device (`tiling::dataset::collate`'s host batch).
+///
+/// # Panics
+/// If the samples differ in size (the message names the tile): a data set whose tiles differ
+/// needs `data.tile_size` to reject them when the task is built.
 pub fn collate<B: Backend>(samples: &[Sample], device: &B::Device) -> Stage1Batch<B> {
-    let (h, w) = (samples[0].height, samples[0].width);
-    let b = samples.len();
-    let cat = |f: fn(&Sample) -> &Vec<f32>, c: usize| {
-        let data: Vec<f32> = samples.iter().flat_map(|s| f(s).iter().copied()).collect();
-        Tensor::<B, 4>::from_data(TensorData::new(data, [b, c, h, w]), device)
-    };
-    Stage1Batch { sar: cat(|s| &s.s1, 2), target: cat(|s| &s.s2, 4), valid: cat(|s| &s.valid, 1) }
+    let tiling::dataset::Batch { s1, s2, valid, batch, height, width, .. } =
+        tiling::dataset::collate(samples).unwrap_or_else(|e| panic!("batching tiles: {e}"));
+    let tensor =
+        |data: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(data, [batch, c, height, width]), device);
+    Stage1Batch { sar: tensor(s1, 2), target: tensor(s2, 4), valid: tensor(valid, 1) }
 }
 
 /// Decodes `indices` of `dataset` for `epoch` on up to `workers` threads, in order.
