@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use figment::value::Value;
 use hoser_vanilla::{DataSection, LossSection, ModelSection, VanillaConfig, VanillaTask};
-use trainer::cli::{self, Stage};
+use trainer::cli::{self, Stage, set_if};
 use trainer::interrupt::Interrupts;
 use trainer::lr_find::{LrFindOptions, LrFindOutcome};
 use trainer::train::Trainer;
@@ -42,12 +42,8 @@ impl Stage for Vanilla {
 
     fn overrides(args: &VanillaArgs) -> Vec<(String, Value)> {
         let mut o = Vec::new();
-        if let Some(d) = &args.dataset {
-            o.push(("data.dataset".to_string(), Value::from(d.clone())));
-        }
-        if let Some(d) = &args.data_dir {
-            o.push(("data.data_dir".to_string(), Value::from(d.display().to_string())));
-        }
+        set_if(&mut o, "data.dataset", args.dataset.clone());
+        set_if(&mut o, "data.data_dir", args.data_dir.as_ref().map(|d| d.display().to_string()));
         o
     }
 

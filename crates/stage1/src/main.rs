@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use figment::value::Value;
 use stage1::{DataSection, LossSection, ModelSection, Stage1Config, Stage1Task};
-use trainer::cli::{self, Stage};
+use trainer::cli::{self, Stage, set_if};
 use trainer::interrupt::Interrupts;
 use trainer::lr_find::{LrFindOptions, LrFindOutcome};
 use trainer::train::Trainer;
@@ -45,12 +45,6 @@ struct Stage1Args {
 
 struct Stage1;
 
-fn setting<T: Into<Value>>(o: &mut Vec<(String, Value)>, key: &str, v: Option<T>) {
-    if let Some(v) = v {
-        o.push((key.to_string(), v.into()));
-    }
-}
-
 impl Stage for Stage1 {
     const NAME: &'static str = stage1::NAME;
     type Model = ModelSection;
@@ -60,13 +54,13 @@ impl Stage for Stage1 {
 
     fn overrides(a: &Stage1Args) -> Vec<(String, Value)> {
         let mut o = Vec::new();
-        setting(&mut o, "data.data_dir", a.data_dir.as_ref().map(|d| d.display().to_string()));
-        setting(&mut o, "data.val_dir", a.val_dir.as_ref().map(|d| d.display().to_string()));
-        setting(&mut o, "data.max_tiles", a.max_tiles);
-        setting(&mut o, "model.timesteps", a.timesteps);
-        setting(&mut o, "model.lora.rank", a.lora_rank);
-        setting(&mut o, "model.lora.alpha", a.lora_alpha);
-        setting(&mut o, "checkpoint.every_n_steps", a.save_every);
+        set_if(&mut o, "data.data_dir", a.data_dir.as_ref().map(|d| d.display().to_string()));
+        set_if(&mut o, "data.val_dir", a.val_dir.as_ref().map(|d| d.display().to_string()));
+        set_if(&mut o, "data.max_tiles", a.max_tiles);
+        set_if(&mut o, "model.timesteps", a.timesteps);
+        set_if(&mut o, "model.lora.rank", a.lora_rank);
+        set_if(&mut o, "model.lora.alpha", a.lora_alpha);
+        set_if(&mut o, "checkpoint.every_n_steps", a.save_every);
         o
     }
 

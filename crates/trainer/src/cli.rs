@@ -85,6 +85,13 @@ pub trait Stage {
     ) -> Result<LrFindOutcome, TrainError>;
 }
 
+/// Pushes the override `key = value` when a stage flag was given (for [`Stage::overrides`]).
+pub fn set_if<T: Into<Value>>(overrides: &mut Vec<(String, Value)>, key: &str, value: Option<T>) {
+    if let Some(v) = value {
+        overrides.push((key.to_string(), v.into()));
+    }
+}
+
 /// Flags every stage binary accepts. Each sets the config key named in its help.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
