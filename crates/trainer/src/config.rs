@@ -549,9 +549,11 @@ pub struct Merged {
 }
 
 impl ConfigSources {
-    fn figment<C: Serialize + Default>(&self) -> Result<Figment, ConfigErrors> {
+    /// The layered sources, and the file's aliased leaves (native key → key as written).
+    fn figment<C: Serialize + Default>(&self) -> Result<(Figment, BTreeMap<String, String>), ConfigErrors> {
         let defaults = Value::serialize(C::default()).expect("config types serialise");
         let mut f = Figment::from(Named::new("built-in default", Serialized::defaults(defaults)));
+        let mut renamed = BTreeMap::new();
         for (key, value) in &self.defaults {
             f = f.merge(Named::new("stage default", Serialized::default(key, value.clone())));
         }
@@ -569,7 +571,11 @@ impl ConfigSources {
             if self.aliases.is_empty() {
                 f = f.merge(Yaml::file_exact(path));
             } else {
-                f = f.merge(Aliased { path: path.clone(), aliases: self.aliases.clone() });
+                let aliased =
+                    Aliased { path: path.clone(), aliases: self.aliases.clone(), renamed: Default::default() };
+                // Figment reads a provider when it is merged, so `renamed` is filled after this line.
+                f = f.merge(&aliased);
+                renamed = aliased.renamed.into_inner().unwrap_or_else(|p| p.into_inner());
             }
         }
         if self.env {
@@ -578,12 +584,12 @@ impl ConfigSources {
         for (key, value) in &self.overrides {
             f = f.merge(Named::new("command-line flag", Serialized::default(key, value.clone())));
         }
-        Ok(f)
+        Ok((f, renamed))
     }
 
     /// Merges the sources into one tree. Fails only when a source cannot be read or parsed.
     pub fn merge<C: Serialize + Default>(&self) -> Result<Merged, ConfigErrors> {
-        let figment = self.figment::<C>()?;
+        let (figment, renamed) = self.figment::<C>()?;
         let tree = match figment.extract::<Value>() {
             Ok(Value::Dict(_, d)) => d,
             Ok(other) => {
@@ -597,21 +603,6 @@ impl ConfigSources {
             }
         };
         let file = self.file.as_ref().map(|p| p.display().to_string());
-        // Which leaves of the file were written under an alias: native key → key as written.
-        let mut renamed = BTreeMap::new();
-        if let Some(path) = self.file.as_ref().filter(|_| !self.aliases.is_empty())
-            && let Ok(data) = figment::Provider::data(&Yaml::file_exact(path))
-        {
-            for dict in data.values() {
-                let mut leaves = Vec::new();
-                flatten("", dict, &mut leaves);
-                for (key, _) in leaves {
-                    if let Some(native) = unalias(&self.aliases, &key) {
-                        renamed.insert(native, key);
-                    }
-                }
-            }
-        }
         Ok(Merged { figment, tree, renamed, file })
     }
 
@@ -644,6 +635,8 @@ fn describe_origin(meta: &figment::Metadata, key: &str) -> String {
 struct Aliased {
     path: PathBuf,
     aliases: Vec<(String, String)>,
+    /// Filled when the file is read: native key → key as written, for every aliased leaf.
+    renamed: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// The native path of a written dotted key under `aliases` (longest matching prefix), if aliased.
@@ -653,15 +646,6 @@ pub fn unalias(aliases: &[(String, String)], key: &str) -> Option<String> {
         .filter(|(from, _)| key == from || key.starts_with(&format!("{from}.")))
         .max_by_key(|(from, _)| from.len())
         .map(|(from, to)| format!("{to}{}", &key[from.len()..]))
-}
-
-/// The written key of a native dotted key under `aliases` (the inverse of [`unalias`]), if any.
-pub fn written_as(aliases: &[(String, String)], key: &str) -> Option<String> {
-    aliases
-        .iter()
-        .filter(|(_, to)| key == to || key.starts_with(&format!("{to}.")))
-        .max_by_key(|(_, to)| to.len())
-        .map(|(from, to)| format!("{from}{}", &key[to.len()..]))
 }
 
 fn flatten(prefix: &str, dict: &Dict, out: &mut Vec<(String, Value)>) {
@@ -686,7 +670,13 @@ impl figment::Provider for Aliased {
             flatten("", dict, &mut leaves);
             let mut renamed = Dict::new();
             for (key, value) in leaves {
-                let native = unalias(&self.aliases, &key).unwrap_or(key);
+                let native = match unalias(&self.aliases, &key) {
+                    Some(native) => {
+                        self.renamed.lock().unwrap_or_else(|p| p.into_inner()).insert(native.clone(), key);
+                        native
+                    }
+                    None => key,
+                };
                 let path: Vec<String> = native.split('.').map(str::to_string).collect();
                 set_path(&mut renamed, &path, value);
             }
@@ -886,7 +876,6 @@ mod tests {
             Some("optimizer.scheduler.name")
         );
         assert_eq!(unalias(&aliases(), "training.stepsize"), None, "prefixes match whole segments");
-        assert_eq!(written_as(&aliases(), "optimizer.lr").as_deref(), Some("training.optimizer.lr"));
     }
 
     #[test]
