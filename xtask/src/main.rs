@@ -227,23 +227,33 @@ fn run_tests(mut cmd: Command) -> Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
-/// Runs the smoke configs; returns how many stages passed.
-fn smoke(stage: Option<&str>) -> Result<u64> {
-    // Build the binaries the way `cargo test --workspace` does (same feature unification,
-    // dev-dependencies included), so after the tests this is a no-op instead of a second
-    // build of burn's dependency tree with other features.
+/// Builds the stage binaries the way `cargo test --workspace` does (same feature unification,
+/// dev-dependencies included), so after the tests this is a no-op instead of a second build of
+/// burn's dependency tree with other features.
+fn build_stage_binaries() -> Result<()> {
     let mut build = cargo();
     build.args(["test", "--locked", "--workspace", "--no-run"]);
-    run(build, "build stage binaries")?;
+    run(build, "build stage binaries")
+}
+
+/// The debug binary of stage `s` with `config`, writing into `out` (cleared first), plain progress.
+fn stage_run(s: &StageInfo, config: &str, out: &Path) -> Result<Command> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
+    cmd.current_dir(root()).arg("--config").arg(config).arg("--output-dir").arg(out);
+    cmd.args(["--set", "logging.progress=plain"]);
+    Ok(cmd)
+}
+
+/// Runs the smoke configs; returns how many stages passed.
+fn smoke(stage: Option<&str>) -> Result<u64> {
+    build_stage_binaries()?;
     let mut passed = 0;
     for s in stages(stage)? {
         let out = target_dir().join("smoke").join(s.name);
-        if out.exists() {
-            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-        }
-        let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
-        cmd.current_dir(root()).arg("--config").arg(s.smoke_config).arg("--output-dir").arg(&out);
-        cmd.args(["--set", "logging.progress=plain"]);
+        let mut cmd = stage_run(s, s.smoke_config, &out)?;
         if let Some(t) = &s.tiles {
             let dir = synthetic_tiles(&format!("{}-smoke", s.name), t.smoke)?;
             cmd.args(["--set", &format!("data.data_dir={}", dir.display())]);
@@ -276,22 +286,15 @@ fn synthetic_tiles(name: &str, args: &[&str]) -> Result<PathBuf> {
 
 /// Trains every stage that has a demo config and prints its validation metrics.
 fn demo(stage: Option<&str>) -> Result<()> {
-    let mut build = cargo();
-    build.args(["test", "--locked", "--workspace", "--no-run"]);
-    run(build, "build stage binaries")?;
+    build_stage_binaries()?;
     for s in stages(stage)? {
         let Some(config) = s.demo_config else {
             eprintln!("xtask: demo: {} has no demo config", s.name);
             continue;
         };
         let out = root().join("runs").join("demo").join(s.name);
-        if out.exists() {
-            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-        }
-        let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
-        cmd.current_dir(root()).arg("--config").arg(config).arg("--output-dir").arg(&out);
-        cmd.args(["--set", "logging.progress=plain", "--set", "logging.log_dir=null"]);
-        cmd.args(["--set", "logging.tensorboard_dir=null"]);
+        let mut cmd = stage_run(s, config, &out)?;
+        cmd.args(["--set", "logging.log_dir=null", "--set", "logging.tensorboard_dir=null"]);
         if let Some(t) = &s.tiles {
             let train = synthetic_tiles(&format!("{}-demo-train", s.name), t.demo_train)?;
             let val = synthetic_tiles(&format!("{}-demo-val", s.name), t.demo_val)?;
