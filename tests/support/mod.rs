@@ -82,7 +82,7 @@ mod hooked {
     use burn::backend::flex::FlexDevice;
     use trainer::backend::CpuBackend as B;
     use trainer::toy::{Mlp, ToyBatch, ToyTask};
-    use trainer::{Metrics, Selection, StepOutput, Task};
+    use trainer::{Metrics, Selection, StepOutput, Task, TaskResult};
 
     use super::{HookedToy, ToyHooks};
 
@@ -97,16 +97,16 @@ mod hooked {
         fn train_len(&self) -> usize {
             <ToyTask as Task<B>>::train_len(&self.inner)
         }
-        fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> ToyBatch<B> {
+        fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> TaskResult<ToyBatch<B>> {
             <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
         }
-        fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
-            let mut out = <ToyTask as Task<B>>::train_step(&self.inner, model, batch);
+        fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> TaskResult<StepOutput<B>> {
+            let mut out = <ToyTask as Task<B>>::train_step(&self.inner, model, batch)?;
             self.hooks.train_step(&mut out);
-            out
+            Ok(out)
         }
-        fn validate(&self, model: &Mlp<Inner>, device: &FlexDevice) -> Metrics {
-            self.hooks.validate(<ToyTask as Task<B>>::validate(&self.inner, model, device))
+        fn validate(&self, model: &Mlp<Inner>, device: &FlexDevice) -> TaskResult<Metrics> {
+            Ok(self.hooks.validate(<ToyTask as Task<B>>::validate(&self.inner, model, device)?))
         }
         fn selection(&self) -> Selection {
             <ToyTask as Task<B>>::selection(&self.inner)

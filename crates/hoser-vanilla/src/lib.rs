@@ -21,7 +21,7 @@ use losses::sequence::{
 };
 use serde::{Deserialize, Serialize};
 use trainer::config::{ConfigProblem, RunConfig, Validate};
-use trainer::task::{Metrics, Mode, Selection, StepOutput, Task};
+use trainer::task::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
 /// Stage name: the binary, the default output directory `runs/hoser-vanilla`.
 pub const NAME: &str = "hoser-vanilla";
@@ -319,15 +319,15 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         self.data.train.samples.len()
     }
 
-    fn train_batch(&self, indices: &[usize], device: &B::Device) -> VanillaBatch<B> {
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> TaskResult<VanillaBatch<B>> {
         let batch = self.collator.collate(indices.iter().map(|&i| &self.data.train.samples[i]));
-        VanillaBatch {
+        Ok(VanillaBatch {
             graph: GraphTensors::new(&self.data.features, device),
             batch: DeviceBatch::new(&batch, &self.data.features.road_to_zone, device),
-        }
+        })
     }
 
-    fn train_step(&self, model: &Hoser<B>, batch: &VanillaBatch<B>) -> StepOutput<B> {
+    fn train_step(&self, model: &Hoser<B>, batch: &VanillaBatch<B>) -> TaskResult<StepOutput<B>> {
         let b = &batch.batch;
         let (logits, time_pred) = model.forward(&batch.graph, &b.input);
         let mut computed = Vec::new();
@@ -341,10 +341,10 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         let out = self.loss.combine(computed).expect("every active term is computed");
         let mut metrics = out.components();
         metrics.remove("loss");
-        StepOutput { loss: out.total, metrics }
+        Ok(StepOutput { loss: out.total, metrics })
     }
 
-    fn validate(&self, model: &Hoser<B::InnerBackend>, device: &B::Device) -> Metrics {
+    fn validate(&self, model: &Hoser<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
         let (acc, time) = self.evaluate(model, device);
         let mut m = Metrics::new();
         m.insert("val_next_step_acc".into(), acc.accuracy().unwrap_or(0.0));
@@ -353,7 +353,7 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         if let Some(mape) = time.hoser_time_mape() {
             m.insert("val_time_pred_mape".into(), mape);
         }
-        m
+        Ok(m)
     }
 
     fn selection(&self) -> Selection {

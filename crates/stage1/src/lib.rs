@@ -28,7 +28,7 @@ use sarmodels::generator::Generator;
 use sarmodels::report::ParamCount;
 use tiling::dataset::{DatasetConfig, NpzSource, Sample, Standardization, TileDataset, TileSource};
 use tiling::tile::Split;
-use trainer::{Metrics, Mode, Selection, StepOutput, Task};
+use trainer::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
 pub use config::{DataSection, LossSection, ModelSection, Stage1Config};
 
@@ -417,21 +417,23 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
         self.train.len()
     }
 
-    fn begin_epoch(&self, epoch: u64) {
+    fn begin_epoch(&self, epoch: u64) -> TaskResult<()> {
         self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
     }
 
-    fn begin_validation(&self, step: u64) {
+    fn begin_validation(&self, step: u64) -> TaskResult<()> {
         self.validation_step.store(step, Ordering::SeqCst);
         eprintln!("\n[Step {step}] Running validation...");
+        Ok(())
     }
 
-    fn train_batch(&self, indices: &[usize], device: &B::Device) -> Stage1Batch<B> {
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> TaskResult<Stage1Batch<B>> {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        collate(&load_samples(&self.train, indices, epoch, self.config.data.num_workers), device)
+        Ok(collate(&load_samples(&self.train, indices, epoch, self.config.data.num_workers), device))
     }
 
-    fn train_step(&self, model: &Stage1Model<B>, batch: &Stage1Batch<B>) -> StepOutput<B> {
+    fn train_step(&self, model: &Stage1Model<B>, batch: &Stage1Batch<B>) -> TaskResult<StepOutput<B>> {
         let pred = model.generator.forward(batch.sar.clone());
         let mut terms: Vec<(&str, Tensor<B, 1>)> = Vec::new();
         let active = |n: &str| self.loss.is_active(n);
@@ -470,11 +472,11 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
         metrics.remove("loss");
         // seed 000's step-log names: the unweighted terms without the `loss_` prefix.
         let metrics = metrics.into_iter().map(|(k, v)| (k.trim_start_matches("loss_").to_string(), v)).collect();
-        StepOutput { loss: out.total, metrics }
+        Ok(StepOutput { loss: out.total, metrics })
     }
 
-    fn validate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> Metrics {
-        self.evaluate(model, device)
+    fn validate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
+        Ok(self.evaluate(model, device))
     }
 
     fn selection(&self) -> Selection {

@@ -32,13 +32,15 @@ fn toy_mlp(c: &mut Criterion) {
     config.data.train_samples = 64;
     let task = ToyTask::new(&config);
     let device = Default::default();
-    let batch = <ToyTask as Task<B>>::train_batch(&task, &(0..64).collect::<Vec<_>>(), &device);
+    let batch = <ToyTask as Task<B>>::train_batch(&task, &(0..64).collect::<Vec<_>>(), &device).expect("toy batch");
     let mut model = Some(init_model::<B, _>(&task, 1, &device));
     let mut optim = AdamWConfig::new().init();
     c.bench_function("toy_mlp_step", |b| {
         b.iter(|| {
             let m = model.take().unwrap();
-            model = Some(step(m, &mut optim, |m| <ToyTask as Task<B>>::train_step(&task, m, &batch).loss));
+            model = Some(step(m, &mut optim, |m| {
+                <ToyTask as Task<B>>::train_step(&task, m, &batch).expect("toy step").loss
+            }));
         })
     });
 }

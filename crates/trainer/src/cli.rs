@@ -449,10 +449,10 @@ impl<S: Stage> BackendRun for StageWork<'_, S> {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Self::Output {
         tracing::info!("backend: {name}");
-        // The run directory is made only once the backend is known to work.
+        // The run directory is made only once the backend is known to work. The resolved
+        // config is written by the loop, once a resume has been accepted.
         let dir = &self.config.output_dir;
         std::fs::create_dir_all(dir)
-            .and_then(|_| config::write_resolved(self.config, dir).map(drop))
             .map_err(|e| TrainError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
         S::train::<B>(self.config, &device, self.interrupts)
     }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::ConfigProblem;
+use crate::policy::{Decision, StopPolicy, Validation};
 use crate::task::{Mode, Selection};
-use crate::train::{Decision, StopPolicy, Validation};
 
 /// `early_stopping:` — when to stop because validation stopped improving or went wrong.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod grads;
 pub mod interrupt;
 pub mod lr_find;
 pub mod oom;
+pub mod policy;
 pub mod spike_guard;
 pub mod task;
 pub mod telemetry;
@@ -22,5 +23,5 @@ pub mod toy;
 pub mod train;
 
 pub use config::RunConfig;
-pub use task::{Metrics, Mode, Selection, StepOutput, Task};
+pub use task::{Metrics, Mode, Selection, StepOutput, Task, TaskError, TaskResult};
 pub use train::{Decision, LoopConfig, LoopState, RunSummary, StopPolicy, StopReason, TrainError, Trainer, Validation};

@@ -92,8 +92,15 @@ where
         let mut accumulator = GradientsAccumulator::<T::Model>::new();
         let mut loss = 0.0;
         for indices in &window {
-            let batch = task.train_batch(indices, device);
-            let out = task.train_step(&model, &batch);
+            let failed = |what: &str, e: crate::task::TaskError| TrainError::Task {
+                what: format!("{what} (LR range test)"),
+                step: k + 1,
+                epoch: pass,
+                message: e.to_string(),
+                checkpoint: None,
+            };
+            let batch = task.train_batch(indices, device).map_err(|e| failed("assembling a training batch", e))?;
+            let out = task.train_step(&model, &batch).map_err(|e| failed("running a training step", e))?;
             let weight = indices.len() as f64 / samples as f64;
             let value: f64 = out.loss.clone().into_scalar().elem();
             loss += value * weight;

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::ConfigProblem;
-use crate::telemetry::StepRecord;
-use crate::train::{Decision, StopPolicy};
+use crate::policy::{Decision, StepRecord, StopPolicy};
 
 /// `spike_guard:` — when a diverging run is aborted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

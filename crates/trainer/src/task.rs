@@ -20,6 +20,63 @@ pub struct StepOutput<B: AutodiffBackend> {
 
 pub use checkpoints::Mode;
 
+/// Why a task could not assemble a batch, run a step or validate: a data file that became
+/// unreadable, a malformed sample, a model that could not be built from a file. The message
+/// names the file and what was expected. The loop writes `checkpoint_latest` of the last good
+/// state, logs a `data_error` event and stops the run with [`crate::TrainError::Task`].
+///
+/// Any error type converts into it with `?` (it keeps the source's message and chain), so a
+/// stage returns its own typed errors.
+pub struct TaskError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl TaskError {
+    /// An error from a message alone (when there is no typed error to wrap).
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        #[derive(Debug)]
+        struct Message(String);
+        impl std::fmt::Display for Message {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Message {}
+        Self(Box::new(Message(message.to_string())))
+    }
+
+    /// The wrapped error.
+    pub fn source_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.0.as_ref()
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    /// The error's message followed by its causes (`: cause`), as one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the fallible [`Task`] methods return.
+pub type TaskResult<T> = Result<T, TaskError>;
+
 /// The validation metric that selects the best model, with its direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selection {
@@ -45,22 +102,31 @@ pub trait Task<B: AutodiffBackend> {
     /// Number of samples in the training set.
     fn train_len(&self) -> usize;
 
-    /// Assembles the samples at `indices` into a micro-batch.
-    fn train_batch(&self, indices: &[usize], device: &B::Device) -> Self::Batch;
+    /// Assembles the samples at `indices` into a micro-batch. An unreadable or malformed
+    /// sample is an error naming its file, never a panic.
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> TaskResult<Self::Batch>;
 
     /// Called before the micro-batches of epoch `epoch` are assembled (also when a resumed run
     /// re-enters its epoch), so per-epoch data choices such as augmentations follow the epoch
     /// and not the order of calls.
-    fn begin_epoch(&self, _epoch: u64) {}
+    fn begin_epoch(&self, _epoch: u64) -> TaskResult<()> {
+        Ok(())
+    }
 
     /// Called before a validation at optimizer step `step` (e.g. to name its outputs by step).
-    fn begin_validation(&self, _step: u64) {}
+    fn begin_validation(&self, _step: u64) -> TaskResult<()> {
+        Ok(())
+    }
 
     /// Forward pass of one micro-batch: the loss to minimise and named metrics.
-    fn train_step(&self, model: &Self::Model, batch: &Self::Batch) -> StepOutput<B>;
+    fn train_step(&self, model: &Self::Model, batch: &Self::Batch) -> TaskResult<StepOutput<B>>;
 
     /// Evaluates the model (without autodiff) on the validation set.
-    fn validate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule, device: &B::Device) -> Metrics;
+    fn validate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+        device: &B::Device,
+    ) -> TaskResult<Metrics>;
 
     /// Which validation metric selects the best model.
     fn selection(&self) -> Selection;

@@ -125,26 +125,7 @@ pub fn memory_now() -> Option<MemoryReading> {
     memory_stats::memory_stats().map(|m| MemoryReading { bytes: m.physical_mem as u64, kind: "rss" })
 }
 
-/// One completed optimizer step, as reported to every telemetry sink and to stop policies.
-#[derive(Debug, Clone)]
-pub struct StepRecord<'a> {
-    /// Optimizer steps completed (1-based).
-    pub step: u64,
-    /// 0-based epoch.
-    pub epoch: u64,
-    /// Mean loss over the step's micro-batches (sample-weighted).
-    pub loss: f64,
-    /// Learning rate used for this step.
-    pub lr: f64,
-    /// Adam β1 used for this step (cycled by OneCycle / cyclical schedules).
-    pub beta1: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Named metrics of the step (sample-weighted means).
-    pub metrics: &'a Metrics,
-    /// Seconds the step took.
-    pub step_time: f64,
-}
+pub use crate::policy::StepRecord;
 
 /// Writes telemetry for one run.
 pub struct Telemetry {

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigProblem, NoSection, RunConfig, Validate};
-use crate::task::{Metrics, Mode, Selection, StepOutput, Task};
+use crate::task::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
 /// `model:` of the toy stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,29 +185,29 @@ impl<B: AutodiffBackend> Task<B> for ToyTask {
         self.data.train_x.len() / self.data.input_dim
     }
 
-    fn train_batch(&self, indices: &[usize], device: &B::Device) -> ToyBatch<B> {
-        ToyBatch {
+    fn train_batch(&self, indices: &[usize], device: &B::Device) -> TaskResult<ToyBatch<B>> {
+        Ok(ToyBatch {
             x: self.data.rows(&self.data.train_x, self.data.input_dim, indices, device),
             y: self.data.rows(&self.data.train_y, self.data.output_dim, indices, device),
-        }
+        })
     }
 
-    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> StepOutput<B> {
+    fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> TaskResult<StepOutput<B>> {
         let (mse, mae) = mse_and_mae(model.forward(batch.x.clone()), batch.y.clone());
         let mae: f64 = mae.into_scalar().elem();
-        StepOutput { loss: mse, metrics: Metrics::from([("mae".to_string(), mae)]) }
+        Ok(StepOutput { loss: mse, metrics: Metrics::from([("mae".to_string(), mae)]) })
     }
 
-    fn validate(&self, model: &Mlp<B::InnerBackend>, device: &B::Device) -> Metrics {
+    fn validate(&self, model: &Mlp<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
         let n = self.data.val_x.len() / self.data.input_dim;
         let all: Vec<usize> = (0..n).collect();
         let x = self.data.rows::<B::InnerBackend>(&self.data.val_x, self.data.input_dim, &all, device);
         let y = self.data.rows::<B::InnerBackend>(&self.data.val_y, self.data.output_dim, &all, device);
         let (mse, mae) = mse_and_mae(model.forward(x), y);
-        Metrics::from([
+        Ok(Metrics::from([
             ("val_loss".to_string(), mse.into_scalar().elem()),
             ("val_mae".to_string(), mae.into_scalar().elem()),
-        ])
+        ]))
     }
 
     fn selection(&self) -> Selection {

@@ -35,8 +35,8 @@ fn the_lr_range_test_leaves_the_model_and_optimizer_bit_identical() {
     let mut model = init_model::<B, _>(&task, c.seed, &device);
     let mut optim = AdamWConfig::new().init::<B, Mlp<B>>();
     for step in 0..3 {
-        let batch = task.train_batch(&[step, step + 1, step + 2], &device);
-        let grads = task.train_step(&model, &batch).loss.backward();
+        let batch = task.train_batch(&[step, step + 1, step + 2], &device).unwrap();
+        let grads = task.train_step(&model, &batch).unwrap().loss.backward();
         let grads = GradientsParams::from_grads(grads, &model);
         model = optim.step(0.01, model, grads);
     }

@@ -105,9 +105,9 @@ fn clipping_bounds_the_global_gradient_norm() {
     // Through init_model: a lazily initialised model drawn outside the init lock would take
     // values from the global RNG while a concurrent test initialises its own.
     let model = init_model::<B, _>(&task, config.seed, &device);
-    let batch = <ToyTask as Task<B>>::train_batch(&task, &(0..64).collect::<Vec<_>>(), &device);
+    let batch = <ToyTask as Task<B>>::train_batch(&task, &(0..64).collect::<Vec<_>>(), &device).unwrap();
     // Scale the loss so the raw norm is far above the bound.
-    let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).loss.mul_scalar(1000.0);
+    let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).unwrap().loss.mul_scalar(1000.0);
     let mut g = GradientsParams::from_grads(loss.backward(), &model);
 
     // Independent computation: sum of squares over every parameter's gradient, read element-wise.
@@ -160,8 +160,8 @@ fn value_clipping_clamps_each_element() {
     // Through init_model: a lazily initialised model drawn outside the init lock would take
     // values from the global RNG while a concurrent test initialises its own.
     let model = init_model::<B, _>(&task, config.seed, &device);
-    let batch = <ToyTask as Task<B>>::train_batch(&task, &[0, 1, 2, 3], &device);
-    let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).loss.mul_scalar(1000.0);
+    let batch = <ToyTask as Task<B>>::train_batch(&task, &[0, 1, 2, 3], &device).unwrap();
+    let loss = <ToyTask as Task<B>>::train_step(&task, &model, &batch).unwrap().loss.mul_scalar(1000.0);
     let mut g = GradientsParams::from_grads(loss.backward(), &model);
     grads::clamp::<B, _>(&model, &mut g, 0.01);
     let norm = grads::global_norm::<B, _>(&model, &mut g);
@@ -253,7 +253,7 @@ fn the_model_is_evaluated_without_autodiff_after_training() {
     c.training.max_steps = Some(5);
     let summary = train(&c);
     let task = ToyTask::new(&c);
-    let metrics = <ToyTask as Task<B>>::validate(&task, &summary.model.valid(), &Default::default());
+    let metrics = <ToyTask as Task<B>>::validate(&task, &summary.model.valid(), &Default::default()).unwrap();
     let logged = events(dir.path(), "validation").last().unwrap()["metrics"]["val_loss"].as_f64().unwrap();
     assert_eq!(metrics["val_loss"], logged, "the final validation is of the returned weights");
 }
