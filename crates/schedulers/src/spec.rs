@@ -78,7 +78,8 @@ pub struct SchedulerSpec {
     /// Fraction of `lr` at index 0 of the warm-up (0 = HF's warm-up from zero).
     pub warmup_start_factor: f64,
     /// Warm-up as a fraction of the run (HF `warmup_ratio`, HOSER's `warmup_ratio`):
-    /// `ceil(ratio · run length)` indices. As in HF, a non-zero `warmup_steps` overrides it.
+    /// `ceil(ratio · run length)` indices, at most `run length − 1` so that it fits any run (a
+    /// one-step run has none). As in HF, a non-zero `warmup_steps` overrides it.
     pub warmup_ratio: Option<f64>,
     /// Floor: `eta_min` of cosine and sgdr, the end of polynomial, plateau's `min_lr`.
     pub min_lr: f64,
@@ -478,7 +479,10 @@ impl SchedulerSpec {
     fn schedule(&self, prefix: &str, lr: f64, length: Option<u64>, p: &mut Problems) -> Schedule {
         use ScheduleName as N;
         let warmup = match (self.warmup_ratio.filter(|_| self.warmup_steps == 0), length) {
-            (Some(r), Some(len)) => (r * len as f64).ceil() as u64,
+            // A ratio is relative to the run, so it must fit whatever the run's length: a tiny run
+            // (`--steps 1`) gets a shorter warm-up (none at all for one index) instead of an error
+            // about a key the user may never have set. Only an explicit `warmup_steps` can be too long.
+            (Some(r), Some(len)) => ((r * len as f64).ceil() as u64).min(len.saturating_sub(1)),
             (Some(_), None) => {
                 p.push(problem(prefix, "warmup_ratio", "needs the run length: give the run a budget"));
                 0
@@ -672,6 +676,18 @@ mod tests {
         assert_eq!(s.lr_at(5), 1.0, "warmup_steps overrides warmup_ratio, as in HF");
         let p = spec(r#"{"name": "onecycle", "warmup_ratio": 0.1}"#).check(1.0);
         assert_eq!(keys(&p), ["warmup_steps"]);
+    }
+
+    #[test]
+    fn a_warmup_ratio_is_clamped_to_fit_a_tiny_run_but_explicit_steps_are_not() {
+        let one = BuildContext { lr: 1.0, run_length: Some(1), monitor_mode: None };
+        let s = spec(r#"{"name": "cosine", "warmup_ratio": 0.1}"#).build(one).expect("ratio warm-up fits one step");
+        assert_eq!(s.lr_at(0), 1.0, "no warm-up left in a one-step run");
+        let two = BuildContext { lr: 1.0, run_length: Some(2), monitor_mode: None };
+        let s = spec(r#"{"name": "constant", "warmup_ratio": 0.9}"#).build(two).expect("ceil(1.8) = 2 is clamped to 1");
+        assert_eq!(s.lr_at(1), 1.0, "one warm-up index, then the schedule");
+        let p = spec(r#"{"name": "cosine", "warmup_steps": 1}"#).build(one).unwrap_err();
+        assert_eq!(keys(&p)[0], "warmup_steps", "an explicit warm-up as long as the run is still an error: {p:?}");
     }
 
     #[test]
