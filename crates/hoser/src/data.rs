@@ -1,7 +1,7 @@
 //! HOSER's data pipeline, faithful to upstream `dataset.py` / `train.py` / `data/preprocess`:
 //!
-//! - [`RoadNetwork`]: LibCity `roadmap.geo` (row index = road id) and `roadmap.rel` (successors in
-//!   file order, which fixes the label index);
+//! - [`RoadNetwork`]: LibCity `roadmap.geo` (`geo_id` = road id, 0..N-1 in any row order) and
+//!   `roadmap.rel` (successors in file order, which fixes the label index);
 //! - [`read_trajectories`]: `train.csv` / `val.csv` / `test.csv`, every consecutive road pair checked
 //!   against `rel` (an error naming file, row and road ids, or a counted skip with `skip_invalid`);
 //! - [`ZonePartition`] (METIS k-way, or an existing `road_network_partition` file) and the sparse
@@ -192,6 +192,14 @@ impl HoserData {
         train.summary.file.clone_from(&files.train);
         val.summary.file.clone_from(&files.val);
         test.summary.file.clone_from(&files.test);
+        for split in [&train, &val, &test] {
+            let summary = &split.summary;
+            if summary.single_road > 0 || summary.skipped.total() > 0 {
+                tracing::warn!("{}", summary.describe());
+            } else {
+                tracing::info!("{}", summary.describe());
+            }
+        }
         let partition_source = if partition_from_file {
             PartitionSource::File
         } else {

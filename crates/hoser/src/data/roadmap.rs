@@ -1,4 +1,5 @@
-//! The road network: LibCity `roadmap.geo` (one row per road; the 0-based data row is the road id) and
+//! The road network: LibCity `roadmap.geo` (one row per road; its `geo_id`, which must be 0..N-1 in any
+//! order, is the road id; without a `geo_id` column the 0-based data row is) and
 //! `roadmap.rel` (directed road → road successors, kept in file order because that order fixes the
 //! candidate index the model predicts).
 
@@ -164,7 +165,8 @@ pub(crate) fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, csv::
 }
 
 impl RoadNetwork {
-    /// Reads `roadmap.geo` (columns `coordinates`, `highway`, `length`) and `roadmap.rel` (columns
+    /// Reads `roadmap.geo` (columns `coordinates`, `highway`, `length`, and `geo_id` when present:
+    /// the roads are put in id order, and the ids must be exactly 0..N-1) and `roadmap.rel` (columns
     /// `origin_id`, `destination_id`). Other columns are ignored.
     pub fn read(geo: &Path, rel: &Path) -> Result<Self, DataError> {
         let roads = read_geo(geo)?;
@@ -295,22 +297,83 @@ fn read_geo(path: &Path) -> Result<Vec<Road>, DataError> {
     let c_coord = column_index(&headers, path, "coordinates")?;
     let c_highway = column_index(&headers, path, "highway")?;
     let c_length = column_index(&headers, path, "length")?;
+    let c_id = headers.iter().position(|h| h.trim() == "geo_id");
     let mut roads = Vec::new();
+    let mut ids = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let row = i + 1;
         let record = record.map_err(|e| DataError::csv(path, e))?;
         let field = |c: usize| record.get(c).unwrap_or("");
+        if let Some(c) = c_id {
+            let text = field(c).trim();
+            let id: u64 = text.parse().map_err(|_| {
+                DataError::malformed(path, row, format!("geo_id {text:?} is not a road id (a non-negative integer)"))
+            })?;
+            ids.push(id);
+        }
         let length: f64 = field(c_length).trim().parse().map_err(|_| {
             DataError::malformed(path, row, format!("length {:?} is not a number of metres", field(c_length)))
         })?;
-        let road = Road::from_geo_fields(field(c_coord), field(c_highway), length)
-            .map_err(|m| DataError::malformed(path, row, format!("road {}: {m}", row - 1)))?;
+        let road = Road::from_geo_fields(field(c_coord), field(c_highway), length).map_err(|m| {
+            let id = if c_id.is_some() { ids.last().copied().unwrap_or_default() } else { row as u64 - 1 };
+            DataError::malformed(path, row, format!("road {id}: {m}"))
+        })?;
         roads.push(road);
     }
     if roads.is_empty() {
         return Err(DataError::malformed(path, 0, "no roads: roadmap.geo has a header but no data rows"));
     }
+    if c_id.is_some() {
+        roads = order_by_geo_id(path, roads, &ids)?;
+    }
     Ok(roads)
+}
+
+/// Puts the roads in `geo_id` order. Upstream reads a road's attributes with `geo.loc[road_id]` on
+/// the default index, i.e. it assumes `geo_id` = row index; `roadmap.rel` and the trajectories name
+/// roads by `geo_id`. So the ids must be exactly `0..N-1` (in any row order): a duplicated, missing
+/// or out-of-range id is an error naming the row and the id, never a silent shift onto other roads.
+fn order_by_geo_id(path: &Path, roads: Vec<Road>, ids: &[u64]) -> Result<Vec<Road>, DataError> {
+    let n = roads.len();
+    let mut row_of: Vec<Option<usize>> = vec![None; n];
+    let mut out_of_range = None;
+    for (i, &id) in ids.iter().enumerate() {
+        let row = i + 1;
+        match usize::try_from(id).ok().filter(|&id| id < n) {
+            Some(slot) => {
+                if let Some(first) = row_of[slot] {
+                    return Err(DataError::malformed(
+                        path,
+                        row,
+                        format!("duplicate geo_id {id}: data row {first} already has it (each road needs its own id)"),
+                    ));
+                }
+                row_of[slot] = Some(row);
+            }
+            None => {
+                out_of_range.get_or_insert((row, id));
+            }
+        }
+    }
+    if let Some((row, id)) = out_of_range {
+        let missing =
+            row_of.iter().position(Option::is_none).map(|m| format!("; geo_id {m} is missing")).unwrap_or_default();
+        return Err(DataError::malformed(
+            path,
+            row,
+            format!(
+                "geo_id {id} is out of range: roadmap.geo has {n} roads, so the ids must be 0..{} (one per row, \
+                 as roadmap.rel and the trajectories use them){missing}",
+                n - 1
+            ),
+        ));
+    }
+    // Every slot is filled: n ids, all distinct and < n.
+    let mut slots: Vec<Option<Road>> = vec![None; n];
+    for (road, &id) in roads.into_iter().zip(ids) {
+        slots[id as usize] = Some(road);
+    }
+    Ok(slots.into_iter().flatten().collect())
 }
 
 fn read_rel(path: &Path, num_roads: usize) -> Result<Vec<(u32, u32)>, DataError> {
@@ -336,6 +399,14 @@ fn read_rel(path: &Path, num_roads: usize) -> Result<Vec<(u32, u32)>, DataError>
             Ok(v as u32)
         };
         rel.push((id(c_o, "origin_id")?, id(c_d, "destination_id")?));
+    }
+    if rel.is_empty() {
+        // Without relations no road has a successor: there is nothing to predict.
+        return Err(DataError::malformed(
+            path,
+            0,
+            "no relations: roadmap.rel has a header but no data rows (expected origin_id,destination_id pairs)",
+        ));
     }
     Ok(rel)
 }

@@ -76,11 +76,12 @@ impl SplitSummary {
         self.kept - self.single_road
     }
 
-    /// One line for logs: `train.csv: 5 rows, 4 samples, 1 single-road, skipped 0`.
+    /// One line for logs: `train.csv: 5 rows, 4 samples, dropped 1 single-road (no prediction
+    /// step), skipped 0 invalid`.
     pub fn describe(&self) -> String {
         let s = &self.skipped;
         let mut line = format!(
-            "{}: {} rows, {} samples, {} single-road, skipped {}",
+            "{}: {} rows, {} samples, dropped {} single-road (no prediction step), skipped {} invalid",
             self.file.display(),
             self.rows,
             self.samples(),
