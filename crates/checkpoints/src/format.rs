@@ -35,6 +35,15 @@ pub enum CheckpointError {
         /// The operating-system error.
         source: std::io::Error,
     },
+    /// A checkpoint directory (or a name in it) cannot be used: it is a file, read-only, or
+    /// something other than a file is where a checkpoint must go.
+    #[error("{}: checkpoint directory problem: {reason}", path.display())]
+    Directory {
+        /// The directory or the path in the way.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The file is not a trainyard checkpoint at all.
     #[error("{}: not a trainyard checkpoint ({reason})", path.display())]
     NotACheckpoint {
@@ -156,7 +165,8 @@ pub struct Meta {
     pub kind: Kind,
     /// Optimizer steps completed.
     pub step: u64,
-    /// Epoch (0-based) the run was in.
+    /// Epochs completed when it was written (the 0-based index of the epoch in progress): 0
+    /// during the first epoch; an `epoch_<N>` checkpoint, written as epoch N ends, holds N.
     pub epoch: u64,
     /// Validation metrics at this step, if any.
     pub metrics: BTreeMap<String, Metric>,
@@ -195,7 +205,8 @@ pub struct CheckpointFile {
 
 impl fmt::Display for Meta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "step {} (epoch {})", self.step, self.epoch)
+        let s = if self.epoch == 1 { "" } else { "s" };
+        write!(f, "step {} ({} epoch{s} completed)", self.step, self.epoch)
     }
 }
 

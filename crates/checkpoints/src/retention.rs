@@ -1,9 +1,9 @@
 //! Which checkpoints to keep: top-K by a metric, rolling latest, every N steps, per epoch,
-//! and the weights-only best export. Policies compose: each holds its own file names (hard
-//! links to one written file), and a name is deleted only when its own policy releases it and
-//! it is not the run's resume source.
+//! and the weights-only best export. Policies compose: each holds its own file names (each an
+//! independent copy of the one bundle a save writes), and a name is deleted only when its own
+//! policy releases it and it is not the run's resume source.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,12 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
+    /// Directory of the checkpoints, relative to the run directory (see
+    /// [`RetentionConfig::checkpoint_dir`]): `checkpoints` by default; `.` puts them in the run
+    /// directory itself (seed 002's `save/{dataset}/seed{seed}/epoch_10…`), next to the run's
+    /// other files, which the store never touches; an absolute path is used as is. A relative
+    /// path may not contain `..` (use an absolute path to put checkpoints outside the run).
+    pub dir: PathBuf,
     /// Keep the K best checkpoints (by `top_k_monitor`, else `monitor`) in `top_k_dir` (0 disables).
     pub keep_top_k: usize,
     /// Metric ranking top-K and the best export; `null` uses the stage's selection metric.
@@ -48,7 +54,8 @@ pub struct RetentionConfig {
     /// `min` or `max` for `top_k_monitor` (required with it).
     pub top_k_mode: Option<Mode>,
     /// Directory of the top-K checkpoints, relative to the output directory (the trainer joins
-    /// it to the output directory before opening the store); `null` is `checkpoints/top_k`.
+    /// it to the output directory before opening the store); `null` is `top_k` in the
+    /// checkpoint directory (`checkpoints/top_k`).
     pub top_k_dir: Option<PathBuf>,
     /// Keep a rolling `checkpoint_latest`, refreshed at every save.
     pub latest: bool,
@@ -56,7 +63,8 @@ pub struct RetentionConfig {
     pub every_n_steps: Option<u64>,
     /// Keep only the newest N step checkpoints (`null` keeps all).
     pub keep_last_n_steps: Option<usize>,
-    /// Save `epoch_<N>` at the end of every epoch.
+    /// Save `epoch_<N>` at the end of every epoch, N counting from 1 (`epoch_1` after the
+    /// first epoch, `epoch_25` after the 25th).
     pub per_epoch: bool,
     /// Keep only the newest N epoch checkpoints (`null` keeps all).
     pub keep_last_n_epochs: Option<usize>,
@@ -72,6 +80,7 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
+            dir: PathBuf::from(DEFAULT_DIR),
             keep_top_k: 3,
             monitor: None,
             mode: None,
@@ -86,6 +95,89 @@ impl Default for RetentionConfig {
             export_best: Some("best".into()),
             export_best_dir: None,
         }
+    }
+}
+
+/// [`RetentionConfig::dir`]'s default: `<run>/checkpoints`.
+pub const DEFAULT_DIR: &str = "checkpoints";
+
+/// A problem with a `checkpoint:` setting: the key (relative to the section, e.g. `dir`) and
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key relative to `checkpoint`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// `path` joined to `run_dir` (unless absolute), with `.` components dropped so `.` is the run
+/// directory itself and logged paths read cleanly.
+fn in_run(run_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    run_dir.join(path).components().filter(|c| *c != Component::CurDir).collect()
+}
+
+impl RetentionConfig {
+    /// The checkpoint directory of a run in `run_dir`: [`RetentionConfig::dir`] joined to it
+    /// (`.` is `run_dir` itself), or `dir` as is when absolute.
+    pub fn checkpoint_dir(&self, run_dir: &Path) -> PathBuf {
+        in_run(run_dir, &self.dir)
+    }
+
+    /// Every problem with these settings at once (empty when they are usable).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut push = |key: &str, message: String| p.push(Problem { key: key.into(), message });
+        let dirs = [
+            ("dir", Some(&self.dir)),
+            ("top_k_dir", self.top_k_dir.as_ref()),
+            ("export_best_dir", self.export_best_dir.as_ref()),
+        ];
+        for (key, dir) in dirs {
+            let Some(dir) = dir else { continue };
+            if dir.as_os_str().is_empty() {
+                push(
+                    key,
+                    "expected a directory relative to the run directory (`.` is the run directory itself) \
+                     or an absolute path, got an empty path"
+                        .into(),
+                );
+            } else if !dir.is_absolute() && dir.components().any(|c| c == Component::ParentDir) {
+                push(
+                    key,
+                    format!(
+                        "`{}` leaves the run directory through `..`, where another run's checkpoints could \
+                         replace or delete this run's; use an absolute path to put them elsewhere",
+                        dir.display()
+                    ),
+                );
+            }
+        }
+        if self.every_n_steps == Some(0) {
+            push("every_n_steps", "expected a positive step count or null".into());
+        }
+        for (key, n) in [("keep_last_n_steps", self.keep_last_n_steps), ("keep_last_n_epochs", self.keep_last_n_epochs)]
+        {
+            if n == Some(0) {
+                push(
+                    key,
+                    "expected a positive count, or null to keep all (0 would delete each save as it is written)".into(),
+                );
+            }
+        }
+        if self.export_best.as_deref().is_some_and(|s| s.is_empty() || s.contains(['/', '\\'])) {
+            push("export_best", "expected a plain file stem such as `best`, or null".into());
+        }
+        if self.top_k_monitor.is_some() && self.top_k_mode.is_none() {
+            push("top_k_mode", "required with checkpoint.top_k_monitor: min or max".into());
+        }
+        if self.top_k_monitor.as_deref().is_some_and(str::is_empty) {
+            push("top_k_monitor", "expected a metric name, or null".into());
+        }
+        p
     }
 }
 
@@ -203,6 +295,42 @@ mod tests {
         let n = top_k_stem("val_loss", f64::NAN, 5);
         assert!(parse_top_k_stem("val_loss", &n).unwrap().value.is_nan());
         assert_eq!(parse_top_k_stem("val_acc", &s), None);
+    }
+
+    #[test]
+    fn checkpoint_dir_resolves_against_the_run_directory() {
+        let run = Path::new("save/Beijing/seed42");
+        let at = |dir: &str| RetentionConfig { dir: dir.into(), ..RetentionConfig::default() }.checkpoint_dir(run);
+        assert_eq!(RetentionConfig::default().checkpoint_dir(run), run.join("checkpoints"));
+        assert_eq!(at("."), run, "`.` is the run directory itself");
+        assert_eq!(at("./ckpt/."), run.join("ckpt"));
+        assert_eq!(at("/scratch/ckpt"), Path::new("/scratch/ckpt"), "absolute paths are used as is");
+    }
+
+    #[test]
+    fn problems_name_the_key_and_the_value() {
+        assert_eq!(RetentionConfig::default().problems(), vec![]);
+        assert_eq!(RetentionConfig { dir: ".".into(), ..RetentionConfig::default() }.problems(), vec![]);
+        assert_eq!(RetentionConfig { dir: "/abs/../x".into(), ..RetentionConfig::default() }.problems(), vec![]);
+        let bad = RetentionConfig {
+            dir: "".into(),
+            top_k_dir: Some("../seed43/top_k".into()),
+            keep_last_n_epochs: Some(0),
+            ..RetentionConfig::default()
+        };
+        let p = bad.problems();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["dir", "top_k_dir", "keep_last_n_epochs"], "{p:?}");
+        assert!(p[0].message.contains("empty path"), "{p:?}");
+        assert!(p[1].message.contains("`../seed43/top_k`") && p[1].message.contains("absolute path"), "{p:?}");
+    }
+
+    #[test]
+    fn dir_is_read_from_the_config_and_defaults_to_checkpoints() {
+        let c: RetentionConfig = serde_json::from_str(r#"{"dir": "."}"#).unwrap();
+        assert_eq!(c.dir, Path::new("."));
+        let c: RetentionConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.dir, Path::new("checkpoints"));
     }
 
     #[test]

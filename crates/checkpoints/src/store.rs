@@ -1,10 +1,22 @@
-//! The checkpoint directory of a run: writes each save once, links it under every name a
-//! retention policy wants, deletes what no policy holds, and finds the newest valid
+//! The checkpoint directory of a run: writes each save once, copies it under every other name
+//! a retention policy wants, deletes what no policy holds, and finds the newest valid
 //! checkpoint to resume from.
 //!
-//! Layout under `<run>/checkpoints/`:
-//! `checkpoint_latest.safetensors`, `checkpoint_step_<N>.safetensors`, `epoch_<N>.safetensors`,
-//! `top_k/best_<metric>_<value>_step_<N>.safetensors`, `<export_best>.safetensors` (weights only).
+//! Layout in the checkpoint directory ([`RetentionConfig::checkpoint_dir`], `<run>/checkpoints/`
+//! by default): `checkpoint_latest.safetensors`, `checkpoint_step_<N>.safetensors`,
+//! `epoch_<N>.safetensors` (N = epochs completed, from 1), `top_k/best_<metric>_<value>_step_<N>.safetensors`,
+//! `<export_best>.safetensors` (weights only).
+//!
+//! The directory may be shared with other files (it may be the run directory itself, holding
+//! `config.yaml`, telemetry and other stages' outputs): the store only reads, replaces or
+//! deletes files with the names above whose header says they are trainyard resume bundles,
+//! and cleans only temporaries of `.safetensors` files. It never descends into other
+//! subdirectories (`archived/`, `tensorboard/`).
+//!
+//! Every name of a save is an independent file (the first written from memory, the others
+//! copied from it in the kernel, each atomically), not a hard link: with links, one damaged
+//! file (an in-place edit, a truncation, a bad block) would be every name of that save at once,
+//! typically both `epoch_N` and its top-K entry. See `benches/retention_copies.rs` for the cost.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -37,7 +49,10 @@ pub enum Trigger {
     StepInterval,
     /// An epoch ended.
     EpochEnd {
-        /// The epoch that ended (0-based).
+        /// How many epochs are complete, counting the one that just ended: 1 after the first
+        /// epoch (the 1-based number of the epoch that ended). The save is named
+        /// `epoch_<epoch>`, as seed 002 and upstream name theirs (`epoch_1` … `epoch_25` for
+        /// 25 epochs), and equals the checkpoint's `Meta::epoch` (epochs completed).
         epoch: u64,
     },
     /// The run was interrupted, aborted or ended: `checkpoint_latest` is written, even
@@ -68,13 +83,45 @@ pub struct CheckpointStore {
     save_delay: Duration,
 }
 
+/// `N` when `path`'s file name is exactly `<prefix><N>.safetensors` as the store writes it
+/// (`epoch_3`, not `epoch_03` or `epoch_3.bak`).
 fn stem_number(path: &Path, prefix: &str) -> Option<u64> {
-    path.file_stem()?.to_str()?.strip_prefix(prefix)?.parse().ok()
+    if path.extension()? != EXT {
+        return None;
+    }
+    let digits = path.file_stem()?.to_str()?.strip_prefix(prefix)?;
+    let n: u64 = digits.parse().ok()?;
+    (n.to_string() == digits).then_some(n)
 }
 
+/// Whether `path` names a finished file (not a temporary) with the checkpoint extension.
 fn is_checkpoint_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == EXT)
         && path.file_name().is_some_and(|n| !atomic::is_temp_name(&n.to_string_lossy()))
+}
+
+/// Whether `path`'s file name is one the store writes as a resume bundle in its directory:
+/// `checkpoint_latest`, `checkpoint_step_<N>`, `epoch_<N>`, or a top-K stem
+/// `best_<metric>_<value>_step_<N>` (in the top-K directory).
+fn is_store_name(path: &Path) -> bool {
+    if !is_checkpoint_file(path) {
+        return false;
+    }
+    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { return false };
+    stem == LATEST
+        || stem_number(path, "checkpoint_step_").is_some()
+        || stem_number(path, "epoch_").is_some()
+        || stem
+            .strip_prefix("best_")
+            .and_then(|r| r.rsplit_once("_step_"))
+            .is_some_and(|(_, n)| n.parse::<u64>().is_ok_and(|v| v.to_string() == n))
+}
+
+/// Whether `path` holds a trainyard resume bundle, by its header alone (cheap; the checksum is
+/// verified when a file is loaded). Files that fail are someone else's, or damaged: the store
+/// leaves them alone.
+fn is_resume_bundle(path: &Path) -> bool {
+    read_meta(path).is_ok_and(|m| m.kind == Kind::Resume)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -82,6 +129,50 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// Makes sure `dir` is a directory this process can create files in (creating it), so a bad
+/// checkpoint directory fails when the run starts, not at its first save.
+fn prepare_dir(dir: &Path) -> Result<(), CheckpointError> {
+    let problem = |reason: String| CheckpointError::Directory { path: dir.to_path_buf(), reason };
+    if dir.exists() && !dir.is_dir() {
+        return Err(problem("exists and is not a directory".into()));
+    }
+    fs::create_dir_all(dir).map_err(|e| problem(format!("cannot be created: {e}")))?;
+    let probe = atomic::temp_path(&dir.join(format!("write-probe.{EXT}")));
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| problem(format!("no file can be created in it: {e}")))?;
+    fs::remove_file(&probe).map_err(|e| problem(format!("cannot remove {}: {e}", probe.display())))?;
+    let removed = atomic::remove_stale_temps_where(dir, |target| target.ends_with(&format!(".{EXT}")))
+        .map_err(|e| CheckpointError::io(dir, e))?;
+    if removed > 0 {
+        tracing::warn!(
+            "removed {removed} unfinished temporary file(s) in {} left by an interrupted save",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every entry directly in `dir` (not in subdirectories), sorted by name, with whether it is a
+/// regular file (following symlinks: a link to a checkpoint counts as one).
+fn entries_in(dir: &Path) -> Result<Vec<(PathBuf, bool)>, CheckpointError> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))? {
+        let path = entry.map_err(|e| CheckpointError::io(dir, e))?.path();
+        let is_file = path.metadata().is_ok_and(|m| m.is_file());
+        entries.push((path, is_file));
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+/// Every regular file directly in `dir`, sorted by name.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    Ok(entries_in(dir)?.into_iter().filter_map(|(p, is_file)| is_file.then_some(p)).collect())
 }
 
 impl CheckpointStore {
@@ -99,14 +190,7 @@ impl CheckpointStore {
         let top_dir = config.top_k_dir.clone().unwrap_or_else(|| dir.join(TOP_K_DIR));
         let export_dir = config.export_best_dir.clone().unwrap_or_else(|| dir.to_path_buf());
         for d in [dir, &top_dir, &export_dir] {
-            fs::create_dir_all(d).map_err(|e| CheckpointError::io(d, e))?;
-            let removed = atomic::remove_stale_temps(d).map_err(|e| CheckpointError::io(d, e))?;
-            if removed > 0 {
-                tracing::warn!(
-                    "removed {removed} unfinished temporary file(s) in {} left by an interrupted save",
-                    d.display()
-                );
-            }
+            prepare_dir(d)?;
         }
         let (monitor, mode) = match &config.top_k_monitor {
             Some(m) => (m.clone(), config.top_k_mode.or(config.mode).unwrap_or(mode)),
@@ -123,30 +207,49 @@ impl CheckpointStore {
             protected,
             save_delay: Duration::ZERO,
         };
-        for entry in fs::read_dir(&top_dir).map_err(|e| CheckpointError::io(&top_dir, e))? {
-            let path = entry.map_err(|e| CheckpointError::io(&top_dir, e))?.path();
+        // A name the store will replace at every save must be replaceable by a file.
+        let fixed = [Some(store.path(LATEST)), store.best_export_path()];
+        for path in fixed.into_iter().flatten() {
+            if path.exists() && !path.is_file() {
+                return Err(CheckpointError::Directory {
+                    path,
+                    reason: "is in the way of a checkpoint: it is not a regular file".into(),
+                });
+            }
+        }
+        // Rebuild the bookkeeping from the files this store wrote: canonical names with a
+        // resume-bundle header. Anything else is left alone, and so never deleted.
+        for path in files_in(&top_dir)? {
             if !is_checkpoint_file(&path) {
                 continue;
             }
             let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            if let Some(r) = parse_top_k_stem(&store.monitor, &stem) {
+            if let Some(r) = parse_top_k_stem(&store.monitor, &stem)
+                && top_k_stem(&store.monitor, r.value, r.step) == stem
+                && is_resume_bundle(&path)
+            {
                 store.top_k.restore(r);
             }
         }
-        for entry in fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))? {
-            let path = entry.map_err(|e| CheckpointError::io(dir, e))?.path();
-            if !is_checkpoint_file(&path) {
-                continue;
-            }
+        for path in files_in(dir)? {
             if let Some(n) = stem_number(&path, "checkpoint_step_") {
-                store.steps.push(n);
-            } else if let Some(n) = stem_number(&path, "epoch_") {
+                if is_resume_bundle(&path) {
+                    store.steps.push(n);
+                }
+            } else if let Some(n) = stem_number(&path, "epoch_")
+                && is_resume_bundle(&path)
+            {
                 store.epochs.push(n);
             }
         }
         store.steps.sort_unstable();
         store.epochs.sort_unstable();
         Ok(store)
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Sleeps this long between writing a save and making it visible (fault-injection tests
@@ -194,8 +297,10 @@ impl CheckpointStore {
         }
     }
 
-    /// Saves one resume bundle for `triggers` (built lazily, written once, linked under each
-    /// name), writes the weights-only export on a new best, then applies retention.
+    /// Saves one resume bundle for `triggers` (built lazily, written once, then copied to each
+    /// further name as an independent file), writes the weights-only export on a new best, then
+    /// applies retention. On an error nothing was deleted and the store's bookkeeping is as
+    /// before the call; names already written hold this complete, verified-format save.
     pub fn save(
         &mut self,
         step: u64,
@@ -244,7 +349,7 @@ impl CheckpointStore {
                 bundle().write(first, || std::thread::sleep(self.save_delay))?;
                 written.push(first.clone());
                 for name in rest {
-                    atomic::link_atomic(first, name).map_err(|e| CheckpointError::io(name, e))?;
+                    atomic::copy_atomic(first, name).map_err(|e| CheckpointError::io(name, e))?;
                     written.push(name.clone());
                 }
             }
@@ -284,19 +389,33 @@ impl CheckpointStore {
     }
 }
 
-/// Every resume bundle under `dir` (recursively), newest step first;
-/// unreadable headers are returned as errors so the caller can name them.
+/// Every resume bundle the store writes in `dir` and its `top_k/` subdirectory, newest step
+/// first; damaged headers are returned first, as errors, so the caller can name them.
+///
+/// Only the store's own names are considered (`checkpoint_latest`, `checkpoint_step_<N>`,
+/// `epoch_<N>`, `best_…_step_<N>`): other files (weights-only exports, another stage's
+/// safetensors, `config.yaml`) and other subdirectories (`archived/` earlier runs,
+/// `tensorboard/`) are ignored, so `dir` may be the run directory itself.
 pub fn resume_candidates(dir: &Path) -> Vec<Result<(PathBuf, Meta), CheckpointError>> {
     let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if is_checkpoint_file(&path) {
-                found.push(read_meta(&path).map(|m| (path.clone(), m)));
+    for d in [dir.to_path_buf(), dir.join(TOP_K_DIR)] {
+        let entries = match entries_in(&d) {
+            Ok(entries) => entries,
+            // A missing directory has no candidates; an unreadable one is reported.
+            Err(CheckpointError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                found.push(Err(e));
+                continue;
+            }
+        };
+        for (path, is_file) in entries.into_iter().filter(|(p, _)| is_store_name(p)) {
+            if is_file {
+                found.push(read_meta(&path).map(|m| (path, m)));
+            } else {
+                found.push(Err(CheckpointError::NotACheckpoint {
+                    path,
+                    reason: "a directory (or something else that is not a file) has a checkpoint's name".into(),
+                }));
             }
         }
     }
