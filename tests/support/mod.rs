@@ -50,6 +50,15 @@ pub fn weights<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<f32> 
 
 /// What a test changes around the toy task (see [`HookedToy`]).
 pub trait ToyHooks {
+    /// Sees each micro-batch's sample indices before it is assembled; an error here is a data
+    /// error of the task (see `Task::train_batch`).
+    fn train_batch(&self, _indices: &[usize]) -> Result<(), String> {
+        Ok(())
+    }
+    /// Called before each validation; an error here fails the validation.
+    fn before_validate(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Sees (and may change) each micro-batch's output, in order.
     fn train_step(&self, _out: &mut trainer::StepOutput<trainer::backend::CpuBackend>) {}
     /// Sees (and may replace) each validation's metrics.
@@ -82,7 +91,7 @@ mod hooked {
     use burn::backend::flex::FlexDevice;
     use trainer::backend::CpuBackend as B;
     use trainer::toy::{Mlp, ToyBatch, ToyTask};
-    use trainer::{Metrics, Selection, StepOutput, Task, TaskResult};
+    use trainer::{Metrics, Selection, StepOutput, Task, TaskError, TaskResult};
 
     use super::{HookedToy, ToyHooks};
 
@@ -98,6 +107,7 @@ mod hooked {
             <ToyTask as Task<B>>::train_len(&self.inner)
         }
         fn train_batch(&self, indices: &[usize], device: &FlexDevice) -> TaskResult<ToyBatch<B>> {
+            self.hooks.train_batch(indices).map_err(TaskError::msg)?;
             <ToyTask as Task<B>>::train_batch(&self.inner, indices, device)
         }
         fn train_step(&self, model: &Mlp<B>, batch: &ToyBatch<B>) -> TaskResult<StepOutput<B>> {
@@ -106,6 +116,7 @@ mod hooked {
             Ok(out)
         }
         fn validate(&self, model: &Mlp<Inner>, device: &FlexDevice) -> TaskResult<Metrics> {
+            self.hooks.before_validate().map_err(TaskError::msg)?;
             Ok(self.hooks.validate(<ToyTask as Task<B>>::validate(&self.inner, model, device)?))
         }
         fn selection(&self) -> Selection {
