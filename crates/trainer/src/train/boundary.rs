@@ -117,7 +117,8 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
         if epoch_done {
             // In overfit mode every step is an "epoch" of one window: no epoch saves.
             if !self.plan.overfit {
-                triggers.push(Trigger::EpochEnd { epoch: self.st.epoch });
+                // Named by the epochs completed (1-based: `epoch_1` after the first).
+                triggers.push(Trigger::EpochEnd { epoch: self.st.epoch + 1 });
             }
             self.st.epoch += 1;
             self.st.position = 0;

@@ -208,7 +208,7 @@ impl LoopConfig<'_> {
     /// The directory checkpoints are written to and resumed from (`checkpoint.dir`, relative to
     /// the run directory).
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.run_dir.join("checkpoints")
+        self.checkpoint.checkpoint_dir(self.run_dir)
     }
 }
 
