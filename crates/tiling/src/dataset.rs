@@ -95,10 +95,19 @@ impl TileSource for MemorySource {
 }
 
 /// NPZ tiles on disk (`<id>.npz` with its sidecar `<id>.json`), read with
-/// [`crate::npz::read_tile`].
+/// [`crate::npz::read_tile_verified`]: a tile listed in a manifest is checked against the
+/// manifest's checksum as well as its sidecar's.
 #[derive(Debug, Clone, Default)]
 pub struct NpzSource {
-    entries: Vec<(String, PathBuf)>,
+    entries: Vec<NpzEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct NpzEntry {
+    id: String,
+    path: PathBuf,
+    /// CRC-32C the manifest lists for the file, if it came from one.
+    checksum: Option<String>,
 }
 
 impl NpzSource {
@@ -106,7 +115,11 @@ impl NpzSource {
     pub fn from_paths(paths: impl IntoIterator<Item = PathBuf>) -> NpzSource {
         let entries = paths
             .into_iter()
-            .map(|p| (p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), p))
+            .map(|p| NpzEntry {
+                id: p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                path: p,
+                checksum: None,
+            })
             .collect();
         NpzSource { entries }
     }
@@ -131,11 +144,11 @@ impl NpzSource {
     pub fn from_dir_split(dir: &Path, split: Split) -> Result<NpzSource, TilingError> {
         let all = NpzSource::from_dir(dir)?;
         let mut entries = Vec::new();
-        for (id, path) in all.entries {
-            let json = crate::npz::sidecar_path(&path);
+        for entry in all.entries {
+            let json = crate::npz::sidecar_path(&entry.path);
             let sidecar: Sidecar = crate::npz::read_sidecar(&json)?;
             match sidecar.split {
-                Some(s) if s == split => entries.push((id, path)),
+                Some(s) if s == split => entries.push(entry),
                 Some(_) => {}
                 None => {
                     return Err(TilingError::Content {
@@ -149,22 +162,82 @@ impl NpzSource {
     }
 
     /// The tiles a tiler `manifest.json` lists (for `split`, or all when `None`), in manifest
-    /// order; NPZ paths are relative to the manifest's directory.
+    /// order; NPZ paths are relative to the manifest's directory, and each tile is checked
+    /// against the manifest's checksum when it is read.
+    ///
+    /// Errors name the manifest and the entry: an NPZ path that is absolute or leaves the
+    /// manifest's directory (`..`), and a listed file that does not exist.
     pub fn from_manifest(manifest: &Path, split: Option<Split>) -> Result<NpzSource, TilingError> {
         let m = crate::tiler::Manifest::read(manifest)?;
         let dir = manifest.parent().unwrap_or(Path::new("."));
-        let entries = m
-            .tiles
-            .into_iter()
-            .filter(|t| split.is_none_or(|s| t.split == s))
-            .map(|t| (t.tile_id, dir.join(t.npz)))
-            .collect();
+        let entry_err = |id: &str, npz: &str, what: &str| TilingError::Content {
+            path: manifest.to_path_buf(),
+            message: format!("tile `{id}`: npz `{npz}` {what}"),
+        };
+        let mut entries = Vec::new();
+        for t in m.tiles.into_iter().filter(|t| split.is_none_or(|s| t.split == s)) {
+            let relative = Path::new(&t.npz);
+            let inside =
+                !t.npz.is_empty() && relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(entry_err(
+                    &t.tile_id,
+                    &t.npz,
+                    "is not a relative path inside the manifest's directory (absolute paths and `..` are refused)",
+                ));
+            }
+            let path = dir.join(relative);
+            if !path.is_file() {
+                return Err(entry_err(&t.tile_id, &t.npz, &format!("is listed but {} does not exist", path.display())));
+            }
+            entries.push(NpzEntry { id: t.tile_id, path, checksum: Some(t.checksum) });
+        }
         Ok(NpzSource { entries })
     }
 
     /// The NPZ paths, in order.
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.entries.iter().map(|(_, p)| p.as_path())
+        self.entries.iter().map(|e| e.path.as_path())
+    }
+
+    /// The first `n` tiles (all of them when there are fewer), keeping what is known about each.
+    pub fn take(mut self, n: usize) -> NpzSource {
+        self.entries.truncate(n);
+        self
+    }
+
+    /// The tiles whose index `keep` accepts, in order, keeping what is known about each.
+    pub fn filter(&self, mut keep: impl FnMut(usize) -> bool) -> NpzSource {
+        let entries = self.entries.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, e)| e.clone()).collect();
+        NpzSource { entries }
+    }
+
+    /// Checks every tile's headers ([`crate::npz::read_header`]: sidecar, zip directory, NPY
+    /// headers) without decoding planes, and returns the size `(height, width)` they share
+    /// (`None` when there are no tiles). A tile with bad headers, or of another size than the
+    /// first, is an error naming its file.
+    pub fn check_headers(&self) -> Result<Option<(usize, usize)>, TilingError> {
+        let mut size: Option<((usize, usize), &Path)> = None;
+        for e in &self.entries {
+            let h = crate::npz::read_header(&e.path)?;
+            match size {
+                None => size = Some(((h.height, h.width), &e.path)),
+                Some(((fh, fw), first)) if (fh, fw) != (h.height, h.width) => {
+                    return Err(TilingError::Content {
+                        path: e.path.clone(),
+                        message: format!(
+                            "tile `{}` is {}x{} but {} is {fh}x{fw}; every tile of a set must have one size",
+                            h.tile_id,
+                            h.height,
+                            h.width,
+                            first.display()
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(size.map(|(s, _)| s))
     }
 }
 
@@ -174,15 +247,16 @@ impl TileSource for NpzSource {
     }
 
     fn tile_id(&self, index: usize) -> &str {
-        &self.entries[index].0
+        &self.entries[index].id
     }
 
     fn path(&self, index: usize) -> PathBuf {
-        self.entries[index].1.clone()
+        self.entries[index].path.clone()
     }
 
     fn load(&self, index: usize) -> Result<Tile, TilingError> {
-        crate::npz::read_tile(&self.entries[index].1)
+        let e = &self.entries[index];
+        crate::npz::read_tile_verified(&e.path, e.checksum.as_deref())
     }
 }
 

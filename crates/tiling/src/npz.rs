@@ -66,16 +66,39 @@ pub fn sidecar_path(npz_path: &Path) -> PathBuf {
 
 /// Reads a tile: its six planes from `npz_path` and its sidecar `<stem>.json`.
 ///
-/// Errors (each names the file): missing or malformed sidecar, a file that is not a zip,
-/// a missing key (named), an array that is not 2-D `<f4`/`<f2` in C order, planes of different
-/// shapes, a sidecar whose `height`/`width` disagree with the planes, and a tile with no pixel
-/// that is finite in all six planes.
+/// Errors (each names the file): missing or malformed sidecar, a file whose CRC-32C differs from
+/// the sidecar's `checksum` (when it has one), a file that is not a zip, a missing key (named),
+/// an array that is not 2-D `<f4`/`<f2` in C order, planes of different shapes, a sidecar whose
+/// `height`/`width` disagree with the planes, and a tile with no pixel that is finite in all six
+/// planes.
 pub fn read_tile(npz_path: &Path) -> Result<Tile, TilingError> {
+    read_tile_verified(npz_path, None)
+}
+
+/// [`read_tile`], also checking the file's CRC-32C against `expected` (e.g. the manifest's
+/// `checksum` for the tile): a mismatch is an error naming the tile and both checksums.
+pub fn read_tile_verified(npz_path: &Path, expected: Option<&str>) -> Result<Tile, TilingError> {
     let json_path = sidecar_path(npz_path);
     let sidecar = read_sidecar(&json_path)?;
 
-    let file = File::open(npz_path).map_err(|e| io_err(npz_path, e))?;
-    let mut archive = ZipArchive::new(std::io::BufReader::new(file))
+    let bytes = std::fs::read(npz_path).map_err(|e| io_err(npz_path, e))?;
+    let actual = checksum_hex(&bytes);
+    let claims = [(expected, "the manifest"), (sidecar.checksum.as_deref(), "its sidecar")];
+    for (want, whose) in claims {
+        if let Some(want) = want
+            && !want.eq_ignore_ascii_case(&actual)
+        {
+            return Err(content_err(
+                npz_path,
+                format!(
+                    "checksum mismatch for tile `{}`: the file's CRC-32C is {actual} but {whose} says {want} \
+                     (the file changed or was damaged after it was written)",
+                    sidecar.tile_id
+                ),
+            ));
+        }
+    }
+    let mut archive = ZipArchive::new(Cursor::new(bytes.as_slice()))
         .map_err(|e| format_err(npz_path, format!("not a readable NPZ (zip) archive: {e}")))?;
 
     let mut planes = Vec::with_capacity(S1_KEYS.len() + S2_KEYS.len());
@@ -87,27 +110,11 @@ pub fn read_tile(npz_path: &Path) -> Result<Tile, TilingError> {
     let shape = first.shape;
     for (key, plane) in &planes[1..] {
         if plane.shape != shape {
-            return Err(content_err(
-                npz_path,
-                format!(
-                    "`{key}` has shape ({}, {}) but `{first_key}` has ({}, {}); all S1 and S2 planes must match",
-                    plane.shape.0, plane.shape.1, shape.0, shape.1
-                ),
-            ));
+            return Err(shape_mismatch(npz_path, key, plane.shape, first_key, shape));
         }
     }
     let (height, width) = shape;
-    if (sidecar.height, sidecar.width) != (height, width) {
-        return Err(content_err(
-            npz_path,
-            format!(
-                "planes are {height}x{width} but the sidecar {} says {}x{}",
-                json_path.display(),
-                sidecar.height,
-                sidecar.width
-            ),
-        ));
-    }
+    check_sidecar_shape(npz_path, &json_path, &sidecar, shape)?;
 
     let n = height * width;
     let valid = (0..n).any(|i| planes.iter().all(|(_, p)| p.data[i].is_finite()));
@@ -130,6 +137,111 @@ pub fn read_tile(npz_path: &Path) -> Result<Tile, TilingError> {
     Ok(Tile { id: sidecar.tile_id.clone(), height, width, s1, s2, sidecar })
 }
 
+fn shape_mismatch(
+    npz_path: &Path,
+    key: &str,
+    shape: (usize, usize),
+    first_key: &str,
+    first: (usize, usize),
+) -> TilingError {
+    content_err(
+        npz_path,
+        format!(
+            "`{key}` has shape ({}, {}) but `{first_key}` has ({}, {}); all S1 and S2 planes must match",
+            shape.0, shape.1, first.0, first.1
+        ),
+    )
+}
+
+fn check_sidecar_shape(
+    npz_path: &Path,
+    json_path: &Path,
+    sidecar: &Sidecar,
+    (height, width): (usize, usize),
+) -> Result<(), TilingError> {
+    if (sidecar.height, sidecar.width) != (height, width) {
+        return Err(content_err(
+            npz_path,
+            format!(
+                "planes are {height}x{width} but the sidecar {} says {}x{}",
+                json_path.display(),
+                sidecar.height,
+                sidecar.width
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a tile's headers say, read by [`read_header`] without decoding its planes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileHeader {
+    /// Tile id (from the sidecar).
+    pub tile_id: String,
+    /// Rows of every plane.
+    pub height: usize,
+    /// Columns of every plane.
+    pub width: usize,
+    /// Sample type of the planes (the first plane's; the others may differ between `<f4` and `<f2`).
+    pub dtype: Dtype,
+}
+
+/// Checks a tile cheaply, without decompressing its planes: the sidecar, the zip directory and
+/// the six NPY headers (every key present, 2-D `<f4`/`<f2` in C order, all planes of one shape
+/// that the sidecar agrees with, each entry exactly as long as its shape needs).
+///
+/// What it cannot see — damaged compressed data, a changed checksum, an all-NaN tile — is
+/// reported by [`read_tile`] when the tile is read. Errors name the file, as `read_tile`'s do.
+pub fn read_header(npz_path: &Path) -> Result<TileHeader, TilingError> {
+    let json_path = sidecar_path(npz_path);
+    let sidecar = read_sidecar(&json_path)?;
+    let file = File::open(npz_path).map_err(|e| io_err(npz_path, e))?;
+    let mut archive = ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format_err(npz_path, format!("not a readable NPZ (zip) archive: {e}")))?;
+    let mut first: Option<(&str, (usize, usize), Dtype)> = None;
+    for key in S1_KEYS.iter().chain(S2_KEYS.iter()) {
+        let name = format!("{key}.npy");
+        let mut entry = open_entry(&mut archive, npz_path, key)?;
+        let size = entry.size();
+        // An NPY header is at most 12 bytes of preamble plus a u32 length; numpy writes 128 or so.
+        let mut head = Vec::with_capacity(256);
+        let bad = |e: std::io::Error| format_err(npz_path, format!("cannot decompress `{name}`: {e}"));
+        (&mut entry).take(12).read_to_end(&mut head).map_err(bad)?;
+        let header_len = npy_header_end(&head).map_err(|m| format_err(npz_path, format!("`{key}`: {m}")))?;
+        (&mut entry).take(header_len.saturating_sub(head.len()) as u64).read_to_end(&mut head).map_err(bad)?;
+        let header = parse_npy_header(&head).map_err(|m| format_err(npz_path, format!("`{key}`: {m}")))?;
+        let (item, dtype, shape) =
+            check_npy_header(&header).map_err(|m| format_err(npz_path, format!("`{key}`: {m}")))?;
+        let needed = shape
+            .0
+            .checked_mul(shape.1)
+            .and_then(|n| n.checked_mul(item))
+            .and_then(|n| n.checked_add(header.data_offset));
+        if needed.map(|n| n as u64) != Some(size) {
+            return Err(format_err(
+                npz_path,
+                format!(
+                    "`{key}`: shape ({}, {}) needs {} bytes in `{name}`, the entry holds {size}",
+                    shape.0,
+                    shape.1,
+                    needed.map_or("more than usize::MAX".to_string(), |n| n.to_string())
+                ),
+            ));
+        }
+        match first {
+            None => first = Some((key, shape, dtype)),
+            Some((first_key, first_shape, _)) if first_shape != shape => {
+                return Err(shape_mismatch(npz_path, key, shape, first_key, first_shape));
+            }
+            Some(_) => {}
+        }
+    }
+    // S1_KEYS is not empty, so the loop set `first`.
+    let Some((_, shape, dtype)) = first else { return Err(format_err(npz_path, "no planes")) };
+    check_sidecar_shape(npz_path, &json_path, &sidecar, shape)?;
+    Ok(TileHeader { tile_id: sidecar.tile_id, height: shape.0, width: shape.1, dtype })
+}
+
 /// Reads and parses a sidecar JSON file.
 pub fn read_sidecar(json_path: &Path) -> Result<Sidecar, TilingError> {
     let bytes = match std::fs::read(json_path) {
@@ -145,19 +257,28 @@ pub fn read_sidecar(json_path: &Path) -> Result<Sidecar, TilingError> {
     serde_json::from_slice(&bytes).map_err(|e| format_err(json_path, format!("malformed sidecar JSON: {e}")))
 }
 
+fn open_entry<'a, R: Read + std::io::Seek>(
+    archive: &'a mut ZipArchive<R>,
+    npz_path: &Path,
+    key: &str,
+) -> Result<zip::read::ZipFile<'a, R>, TilingError> {
+    let name = format!("{key}.npy");
+    match archive.by_name(&name) {
+        Ok(entry) => Ok(entry),
+        Err(zip::result::ZipError::FileNotFound) => {
+            Err(content_err(npz_path, format!("missing key `{key}` (no `{name}` entry in the archive)")))
+        }
+        Err(e) => Err(format_err(npz_path, format!("cannot open `{name}`: {e}"))),
+    }
+}
+
 fn read_plane<R: Read + std::io::Seek>(
     archive: &mut ZipArchive<R>,
     npz_path: &Path,
     key: &str,
 ) -> Result<Plane, TilingError> {
     let name = format!("{key}.npy");
-    let mut entry = match archive.by_name(&name) {
-        Ok(entry) => entry,
-        Err(zip::result::ZipError::FileNotFound) => {
-            return Err(content_err(npz_path, format!("missing key `{key}` (no `{name}` entry in the archive)")));
-        }
-        Err(e) => return Err(format_err(npz_path, format!("cannot open `{name}`: {e}"))),
-    };
+    let mut entry = open_entry(archive, npz_path, key)?;
     // The declared size is only a hint: cap it so a corrupt header cannot demand a huge allocation.
     let mut bytes = Vec::with_capacity(entry.size().min(1 << 28) as usize);
     entry.read_to_end(&mut bytes).map_err(|e| format_err(npz_path, format!("cannot decompress `{name}`: {e}")))?;
@@ -172,14 +293,14 @@ struct NpyHeader {
     data_offset: usize,
 }
 
-fn parse_npy(bytes: &[u8]) -> Result<Plane, String> {
-    let header = parse_npy_header(bytes)?;
+/// Item size, dtype and `(H, W)` of a header we can read; otherwise what is wrong.
+fn check_npy_header(header: &NpyHeader) -> Result<(usize, Dtype, (usize, usize)), String> {
     if header.fortran_order {
         return Err("fortran_order arrays are not supported; save the array in C order".into());
     }
-    let item = match header.descr.as_str() {
-        "<f4" => 4,
-        "<f2" => 2,
+    let (item, dtype) = match header.descr.as_str() {
+        "<f4" => (4, Dtype::F32),
+        "<f2" => (2, Dtype::F16),
         other => {
             return Err(format!(
                 "dtype `{other}` is not supported; expected little-endian float32 `<f4` or float16 `<f2`"
@@ -193,7 +314,12 @@ fn parse_npy(bytes: &[u8]) -> Result<Plane, String> {
             header.shape
         ));
     }
-    let (h, w) = (header.shape[0], header.shape[1]);
+    Ok((item, dtype, (header.shape[0], header.shape[1])))
+}
+
+fn parse_npy(bytes: &[u8]) -> Result<Plane, String> {
+    let header = parse_npy_header(bytes)?;
+    let (item, _, (h, w)) = check_npy_header(&header)?;
     let n = h.checked_mul(w).ok_or("shape overflows")?;
     let needed = n.checked_mul(item).ok_or("shape overflows")?;
     let data = &bytes[header.data_offset..];
@@ -208,23 +334,27 @@ fn parse_npy(bytes: &[u8]) -> Result<Plane, String> {
     Ok(Plane { shape: (h, w), data: values })
 }
 
-fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+/// Where the header of an NPY array ends (its data starts), from its first 10–12 bytes.
+fn npy_header_end(bytes: &[u8]) -> Result<usize, String> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not an NPY array (bad magic)".into());
     }
-    let major = bytes[6];
-    let (len, start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+    match bytes[6] {
+        1 => Ok(10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
         2 | 3 => {
             if bytes.len() < 12 {
                 return Err("truncated NPY header".into());
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            Ok(12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize)
         }
-        v => return Err(format!("NPY format version {v} is not supported (expected 1, 2 or 3)")),
-    };
-    let end = start + len;
+        v => Err(format!("NPY format version {v} is not supported (expected 1, 2 or 3)")),
+    }
+}
+
+fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+    let end = npy_header_end(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
     if bytes.len() < end {
         return Err("truncated NPY header".into());
     }

@@ -105,6 +105,12 @@ pub struct TilerConfig {
     pub seed: u64,
     /// Sample type of the written planes.
     pub dtype: Dtype,
+    /// When only one of S1 and S2 is georeferenced, take the other to lie on its pixel grid, so
+    /// the tiles get its geotransform and CRS (`true`, the default for scenes built in memory,
+    /// which are co-registered by construction). `false` refuses such a scene with an error
+    /// naming the raster without georeferencing: `trainyard-tile` sets `false` unless given
+    /// `--assume-same-grid`.
+    pub assume_same_grid: bool,
 }
 
 impl Default for TilerConfig {
@@ -121,6 +127,7 @@ impl Default for TilerConfig {
             region_size_deg: 0.5,
             seed: 42,
             dtype: Dtype::F32,
+            assume_same_grid: true,
         }
     }
 }
@@ -486,11 +493,12 @@ impl Tiler {
     ///
     /// Errors: a scene id that is not a plain file stem or was already added; S1 without 2
     /// bands, S2 without 4, a cloud mask without 1; S1, S2 and mask of different shapes or
-    /// (when both are georeferenced) on different grids; with [`SplitBy::Region`], a scene
-    /// without georeferencing. Each message names the files involved.
+    /// (when both are georeferenced) on different grids; only one of S1 and S2 georeferenced
+    /// unless [`TilerConfig::assume_same_grid`]; with [`SplitBy::Region`], a scene without
+    /// georeferencing. Each message names the files involved.
     pub fn add_scene(&mut self, scene: Scene) -> Result<SceneReport, TilingError> {
         let Scene { id, mut s1, s1_is_db, mut s2, cloud_mask } = scene;
-        check_scene(&id, &s1, &s2, cloud_mask.as_ref(), &self.scenes)?;
+        check_scene(&id, &s1, &s2, cloud_mask.as_ref(), &self.scenes, &self.config)?;
         let geo = s2.geo.clone().or_else(|| s1.geo.clone());
         let region = match self.config.split_by {
             SplitBy::Scene => None,
@@ -645,6 +653,57 @@ impl Tiler {
     }
 }
 
+/// Makes `dir` ready to receive a new tiler run and returns how many earlier tiles it removed.
+///
+/// A missing or empty directory is ready as is. A non-empty one is refused (an error naming it
+/// and what it holds) unless `overwrite`: a new run would replace its manifest and orphan the
+/// tiles listed in it. With `overwrite`, the earlier run's output is removed first —
+/// `manifest.json` and `manifest.csv` before anything else, so no manifest ever lists a missing
+/// tile, then every `*.npz` directly in `dir` with its `<stem>.json` sidecar. Other files and
+/// subdirectories are kept.
+pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> Result<usize, TilingError> {
+    let io = |source| TilingError::Io { path: dir.to_path_buf(), source };
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    if names.is_empty() {
+        return Ok(0);
+    }
+    names.sort();
+    let tiles: Vec<&PathBuf> = names.iter().filter(|p| p.extension().is_some_and(|e| e == "npz")).collect();
+    if !overwrite {
+        let has_manifest = names.iter().any(|p| p.file_name().is_some_and(|n| n == "manifest.json"));
+        let example = names.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        return Err(TilingError::Content {
+            path: dir.to_path_buf(),
+            message: format!(
+                "the output directory is not empty ({} entries{}, {} NPZ tiles, e.g. `{}`); a new run would replace \
+                 its manifest and orphan its tiles. Choose a new or empty directory, or overwrite it \
+                 (trainyard-tile --overwrite removes the earlier tiles and manifest first)",
+                names.len(),
+                if has_manifest { " with a manifest.json" } else { "" },
+                tiles.len(),
+                example.unwrap_or_default()
+            ),
+        });
+    }
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(TilingError::Io { path: path.to_path_buf(), source }),
+    };
+    for name in ["manifest.json", "manifest.csv"] {
+        remove(&dir.join(name))?;
+    }
+    for path in &tiles {
+        remove(&npz::sidecar_path(path))?;
+        remove(path)?;
+    }
+    Ok(tiles.len())
+}
+
 /// Cuts, tiles and finishes a list of scenes held in memory (convenience over [`Tiler`]).
 pub fn tile_scenes(out_dir: &Path, scenes: Vec<Scene>, config: TilerConfig) -> Result<Manifest, TilingError> {
     let mut tiler = Tiler::new(out_dir, config)?;
@@ -664,6 +723,7 @@ fn check_scene(
     s2: &Raster,
     mask: Option<&Raster>,
     previous: &[SceneRecord],
+    config: &TilerConfig,
 ) -> Result<(), TilingError> {
     let valid_id = !id.is_empty()
         && !id.starts_with('.')
@@ -725,6 +785,24 @@ fn check_scene(
                 format!(
                     "scene `{id}`: S1 and {what} {} are not on the same grid ({why}); the tiler does not reproject",
                     other.source.display()
+                ),
+            ));
+        }
+    }
+    if !config.assume_same_grid {
+        let one_sided = match (&s1.geo, &s2.geo) {
+            (None, Some(_)) => Some((s1, "S1", s2, "S2")),
+            (Some(_), None) => Some((s2, "S2", s1, "S1")),
+            _ => None,
+        };
+        if let Some((bare, bare_name, georef, georef_name)) = one_sided {
+            return Err(content(
+                &bare.source,
+                format!(
+                    "scene `{id}`: the {bare_name} raster has no georeferencing but the {georef_name} raster {} has; \
+                     its tiles would silently take the {georef_name} CRS and geotransform. Georeference it, or \
+                     declare that it lies on the {georef_name} pixel grid (trainyard-tile --assume-same-grid)",
+                    georef.source.display()
                 ),
             ));
         }

@@ -12,8 +12,15 @@
 //! `--write-scene-tiffs DIR` the rendered scenes are also written as GeoTIFFs plus a `scenes.csv`
 //! for `--scenes`; without `--out` that is all it does.
 //!
+//! The output directory must be new or empty: `--overwrite` first removes an earlier run's
+//! manifest and tiles from it (other files are kept). Scenes must be at least `--size` on each
+//! side, and a run that would keep no tile fails instead of writing an empty manifest. When
+//! only one of S1 and S2 is georeferenced the scene is refused, unless `--assume-same-grid`
+//! says the other lies on its pixel grid.
+//!
 //! Exit status: 0 on success, 2 for bad input (unreadable or inconsistent rasters, malformed CSV,
-//! invalid options), 1 when the output cannot be written.
+//! invalid options, a non-empty output directory without `--overwrite`, scenes smaller than a
+//! tile, no tile kept), 1 when the output cannot be written.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,9 +68,18 @@ struct Args {
     /// uint8; fake UTM georeference) with a scenes.csv for --scenes, into DIR.
     #[arg(long, value_name = "DIR", requires = "synthetic", conflicts_with_all = ["s1", "scenes"])]
     write_scene_tiffs: Option<PathBuf>,
-    /// Output directory (created if missing); optional with --write-scene-tiffs (export only).
+    /// Output directory (created if missing; must be empty unless --overwrite); optional with
+    /// --write-scene-tiffs (export only).
     #[arg(long, value_name = "DIR", required_unless_present = "write_scene_tiffs")]
     out: Option<PathBuf>,
+    /// Reuse a non-empty --out: first delete its manifest.json / manifest.csv and every *.npz
+    /// tile with its .json sidecar (other files are kept), then tile into it.
+    #[arg(long, requires = "out")]
+    overwrite: bool,
+    /// When only one of the S1 and S2 rasters is georeferenced, take the other to lie on its pixel
+    /// grid (tiles get its geotransform and CRS). Without it such a scene is refused.
+    #[arg(long, conflicts_with = "synthetic")]
+    assume_same_grid: bool,
     /// Tile side in pixels.
     #[arg(long, default_value_t = 256)]
     size: usize,
@@ -159,19 +175,35 @@ fn run(args: &Args) -> Result<(), Failure> {
     let threads =
         if args.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { args.threads };
     let mut tiler = match &args.out {
-        Some(out) => Some(Tiler::new(out, config).map_err(|e| classify(e, "starting the run"))?.with_threads(threads)),
+        Some(out) => {
+            let removed = tiling::tiler::prepare_output_dir(out, args.overwrite)
+                .map_err(|e| classify(e, &format!("preparing the output directory {}", out.display())))?;
+            if removed > 0 {
+                eprintln!("--overwrite: removed {removed} earlier tiles and the manifest from {}", out.display());
+            }
+            Some(Tiler::new(out, config).map_err(|e| classify(e, "starting the run"))?.with_threads(threads))
+        }
         None => None,
     };
     let mut exported: Vec<SceneFiles> = Vec::new();
+    let (mut written, mut windows) = (0usize, 0usize);
     for source in sources {
         let scene = load(source, args.s1_db, args.write_scene_tiffs.as_deref(), &mut exported)?;
         let Some(tiler) = tiler.as_mut() else { continue };
         let id = scene.id.clone();
+        check_scene_size(&scene, args.size).map_err(bad_input)?;
         let report = tiler.add_scene(scene).map_err(|e| classify(e, &format!("tiling {kind} `{id}`")))?;
         eprintln!(
             "{kind} {id}: {} of {} windows written, {} skipped (too few valid pixels)",
             report.written, report.windows, report.skipped
         );
+        (written, windows) = (written + report.written, windows + report.windows);
+    }
+    if tiler.is_some() && written == 0 {
+        return Err(bad_input(anyhow!(
+            "no tile kept: all {windows} windows had fewer than --min-valid {} valid pixels; no manifest was written",
+            args.min_valid
+        )));
     }
     if let Some(dir) = &args.write_scene_tiffs {
         let list = dir.join("scenes.csv");
@@ -207,11 +239,19 @@ fn run(args: &Args) -> Result<(), Failure> {
         if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
         if synthetic { "; synthetic data, every sidecar says synthetic: true" } else { "" }
     );
-    if !s.scenes_smaller_than_tile.is_empty() {
-        eprintln!(
-            "warning: scenes smaller than one {}px tile gave no tiles: {}",
-            args.size,
-            s.scenes_smaller_than_tile.join(", ")
+    Ok(())
+}
+
+/// A scene smaller than one tile would give no tile: an error naming `--size` and the scene's size.
+fn check_scene_size(scene: &Scene, size: usize) -> anyhow::Result<()> {
+    let (w, h) = (scene.s2.width, scene.s2.height);
+    if w < size || h < size {
+        bail!(
+            "--size {size}: scene `{}` ({}) is {w}x{h} pixels (width x height), smaller than one {size}x{size} tile; \
+             choose a --size of at most {}",
+            scene.id,
+            scene.s2.source.display(),
+            w.min(h)
         );
     }
     Ok(())
@@ -248,6 +288,7 @@ fn config(args: &Args) -> anyhow::Result<TilerConfig> {
         region_size_deg: args.region_size_deg,
         seed: args.seed,
         dtype: if args.float16 { Dtype::F16 } else { Dtype::F32 },
+        assume_same_grid: args.assume_same_grid,
     };
     config.validate().map_err(|m| anyhow!("invalid options: {m}"))?;
     Ok(config)
@@ -263,6 +304,14 @@ fn scene_sources(args: &Args) -> anyhow::Result<Vec<SceneSource>> {
         let (width, height) = args.synthetic_size.as_deref().map_or((512, 512), |s| (s[0], s[1]));
         if n == 0 || width == 0 || height == 0 {
             bail!("--synthetic {n} --synthetic-size {width} {height}: need at least one scene of at least 1x1 pixels");
+        }
+        if args.out.is_some() && (width < args.size || height < args.size) {
+            bail!(
+                "--size {}: the synthetic scenes are {width}x{height} pixels (--synthetic-size), smaller than one tile; \
+                 choose a --size of at most {}",
+                args.size,
+                width.min(height)
+            );
         }
         let config = SyntheticConfig {
             cloud_count: args.synthetic_clouds.unwrap_or(0),
