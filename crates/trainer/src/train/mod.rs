@@ -65,7 +65,8 @@ pub enum TrainError {
     /// The task failed to read its data (or to run a step) in the middle of the run. The last
     /// good state was checkpointed first.
     #[error(
-        "{what} at optimizer step {step} (epoch {epoch}): {message}{}",
+        "{what} at optimizer step {step} (epoch {}): {message}{}",
+        epoch + 1,
         checkpoint.as_ref().map(|p| format!("; the last good state is in {}", p.display())).unwrap_or_default()
     )]
     Task {
@@ -73,7 +74,7 @@ pub enum TrainError {
         what: String,
         /// Optimizer step being computed (1-based), or the one just completed for validation.
         step: u64,
-        /// Epoch (0-based).
+        /// Epoch index (0-based; messages show it 1-based, as the epoch_N files are named).
         epoch: u64,
         /// The task's message, naming the file.
         message: String,
@@ -86,14 +87,15 @@ pub enum TrainError {
     /// A NaN or infinity appeared in the loss, a loss component or the gradient norm. The
     /// update was not applied; the last good state was checkpointed.
     #[error(
-        "non-finite value at optimizer step {step} (epoch {epoch}): {what}; the update was not applied{}. \
+        "non-finite value at optimizer step {step} (epoch {}): {what}; the update was not applied{}. \
          Lower optimizer.lr or set training.gradient_clip_norm",
+        epoch + 1,
         checkpoint.as_ref().map(|p| format!(" and the last good state is in {}", p.display())).unwrap_or_default()
     )]
     Anomaly {
         /// Optimizer step being computed (1-based).
         step: u64,
-        /// Epoch (0-based).
+        /// Epoch index (0-based; messages show it 1-based, as the epoch_N files are named).
         epoch: u64,
         /// The first offending value, named.
         what: String,
@@ -626,7 +628,7 @@ impl<'r, B: AutodiffBackend, T: Task<B>> Run<'r, B, T> {
                      step/epoch/position, best, telemetry counters, {} policy state(s)",
                     path.display(),
                     st.step,
-                    st.epoch,
+                    st.epoch + 1,
                     self.policies.len()
                 );
                 self.tel.event(
