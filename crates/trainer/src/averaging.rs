@@ -21,7 +21,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::container::TensorContainer;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigProblem;
+use crate::problems::ConfigProblem;
 
 /// `ema:` — the moving average of the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

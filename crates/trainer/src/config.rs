@@ -5,7 +5,6 @@
 //! (`TRAINYARD_SECTION__KEY=value`, `__` separates levels) ← CLI flags.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Yaml};
@@ -16,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use checkpoints::RetentionConfig;
 use schedulers::SchedulerSpec;
+
+pub use crate::problems::{ConfigErrors, ConfigProblem, Validate};
 
 use crate::averaging::{EmaConfig, SwaConfig};
 use crate::backend::DeviceSpec;
@@ -313,52 +314,12 @@ pub struct DebugConfig {
     pub save_delay_ms: u64,
 }
 
-/// One problem found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key path (`training.max_steps`), or empty for the whole file.
-    pub key: String,
-    /// What is wrong and what was expected.
-    pub message: String,
-    /// Where the offending value came from (file, environment variable, flag), if known.
-    pub origin: Option<String>,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.key.is_empty(), &self.origin) {
-            (true, Some(o)) => write!(f, "{o}: {}", self.message),
-            (true, None) => write!(f, "{}", self.message),
-            (false, Some(o)) => write!(f, "{} (from {o}): {}", self.key, self.message),
-            (false, None) => write!(f, "{}: {}", self.key, self.message),
-        }
-    }
-}
-
-/// Every problem found in a configuration, reported together.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigProblem>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
-        for p in &self.0 {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Checks a config beyond its types: relations between keys and value ranges.
-pub trait Validate {
-    /// Pushes every problem found; pushes nothing for a valid config.
-    fn validate(&self, problems: &mut Vec<ConfigProblem>);
-}
-
 impl Validate for NoSection {
     fn validate(&self, _: &mut Vec<ConfigProblem>) {}
 }
+
+/// The largest batch size and accumulation count a config accepts (`u32::MAX`).
+pub const MAX_COUNT: u64 = u32::MAX as u64;
 
 fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
     ConfigProblem { key: key.into(), message: message.into(), origin: None }
@@ -396,6 +357,16 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         }
         if t.gradient_accumulation_steps == 0 {
             p.push(problem("training.gradient_accumulation_steps", "expected at least 1"));
+        }
+        // Counts of samples and micro-batches beyond u32 cannot be a real run; refusing them
+        // here keeps a typo (`4294967297`) from being quietly cut to the size of the data set.
+        for (key, v) in [
+            ("training.batch_size", t.batch_size),
+            ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ] {
+            if v as u64 > MAX_COUNT {
+                p.push(problem(key, format!("{v} is out of range: expected 1..={MAX_COUNT}")));
+            }
         }
         for (key, v) in [
             ("training.gradient_clip_norm", t.gradient_clip_norm),
@@ -529,6 +500,14 @@ pub fn parse_set_flag(flag: &str) -> Result<(String, Value), String> {
     if key.is_empty() || key.split('.').any(str::is_empty) {
         return Err(format!("--set {flag:?}: {key:?} is not a dotted key path"));
     }
+    if raw.trim().parse::<i128>().is_ok_and(|n| i64::try_from(n).is_err() && u64::try_from(n).is_err()) {
+        return Err(format!(
+            "--set {flag:?}: {} is out of range for key {key}: integers must lie in {}..={}",
+            raw.trim(),
+            i64::MIN,
+            u64::MAX
+        ));
+    }
     let value: Value = serde_yaml::from_str::<serde_yaml::Value>(raw)
         .map_err(|e| format!("--set {flag:?}: value is not valid YAML: {e}"))
         .and_then(|v| Value::serialize(v).map_err(|e| format!("--set {flag:?}: {e}")))?;
@@ -568,6 +547,7 @@ impl ConfigSources {
                     origin: None,
                 }]));
             }
+            reject_duplicate_keys(path)?;
             if self.aliases.is_empty() {
                 f = f.merge(Yaml::file_exact(path));
             } else {
@@ -612,6 +592,20 @@ impl ConfigSources {
         C: Serialize + DeserializeOwned + Default + Validate,
     {
         self.merge::<C>()?.resolve()
+    }
+}
+
+/// Fails on a key given twice in one mapping of the YAML file, which figment would resolve
+/// silently (the last one wins). Other read and parse errors are left to figment's report.
+fn reject_duplicate_keys(path: &Path) -> Result<(), ConfigErrors> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Err(e) if e.to_string().contains("duplicate entry") => Err(ConfigErrors(vec![ConfigProblem {
+            key: String::new(),
+            message: format!("{e} (the line of the mapping that holds it; each key may appear once per mapping)"),
+            origin: Some(path.display().to_string()),
+        }])),
+        _ => Ok(()),
     }
 }
 
@@ -670,6 +664,7 @@ impl figment::Provider for Aliased {
             flatten("", dict, &mut leaves);
             let mut renamed = Dict::new();
             for (key, value) in leaves {
+                let written = key.clone();
                 let native = match unalias(&self.aliases, &key) {
                     Some(native) => {
                         self.renamed.lock().unwrap_or_else(|p| p.into_inner()).insert(native.clone(), key);
@@ -678,6 +673,13 @@ impl figment::Provider for Aliased {
                     None => key,
                 };
                 let path: Vec<String> = native.split('.').map(str::to_string).collect();
+                if has_path(&renamed, &path) {
+                    // Two spellings of one key (an alias and its native name): the last would win.
+                    return Err(figment::Error::from(format!(
+                        "{}: {written} sets {native}, which the file already sets (each key may appear once)",
+                        self.path.display()
+                    )));
+                }
                 set_path(&mut renamed, &path, value);
             }
             *dict = renamed;
@@ -815,6 +817,18 @@ impl Merged {
     }
 }
 
+fn has_path(tree: &Dict, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => tree.contains_key(last),
+        [first, rest @ ..] => match tree.get(first) {
+            Some(Value::Dict(_, d)) => has_path(d, rest),
+            Some(_) => true,
+            None => false,
+        },
+    }
+}
+
 fn set_path(tree: &mut Dict, path: &[String], value: Value) {
     match path {
         [] => {}
@@ -887,5 +901,39 @@ mod tests {
         // A native key keeps its name.
         let e = load("training:\n  max_steps: 0\n").unwrap_err();
         assert_eq!(e.0[0].key, "training.max_steps", "{e}");
+    }
+
+    #[test]
+    fn a_key_given_twice_names_the_key_the_file_and_the_line() {
+        let e = load("seed: 1\ntraining:\n  max_steps: 5\n  max_steps: 7\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("max_steps") && text.contains("c.yaml") && text.contains("line 3"), "{text}");
+        // An alias and its native spelling in one file are the same key twice.
+        let e = load("training:\n  steps: 5\n  max_steps: 7\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("training.max_steps") && text.contains("c.yaml"), "{text}");
+    }
+
+    #[test]
+    fn counts_beyond_u32_are_refused_with_the_range() {
+        let e = load("training:\n  max_steps: 5\n  gradient_accumulation_steps: 4294967297\n").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "training.gradient_accumulation_steps", "{e}");
+        assert!(e.0[0].message.contains("1..=4294967295"), "{e}");
+        let e = load("training:\n  max_steps: 5\n  batch_size: 4294967296\n").unwrap_err();
+        assert_eq!(e.0[0].key, "training.batch_size", "{e}");
+        assert!(load("training:\n  max_steps: 5\n  gradient_accumulation_steps: 4294967295\n").is_ok());
+    }
+
+    #[test]
+    fn set_flags_name_the_key_for_each_bad_form() {
+        let e = parse_set_flag("training.max_steps").unwrap_err();
+        assert!(e.contains("training.max_steps") && e.contains("KEY=VALUE"), "{e}");
+        let e = parse_set_flag("training.max_steps=18446744073709551617").unwrap_err();
+        assert!(e.contains("out of range for key training.max_steps"), "{e}");
+        assert!(parse_set_flag("training.max_steps=18446744073709551615").is_ok());
+        assert!(parse_set_flag("optimizer.lr=-3").is_ok());
+        let e = parse_set_flag("=3").unwrap_err();
+        assert!(e.contains("not a dotted key path"), "{e}");
     }
 }

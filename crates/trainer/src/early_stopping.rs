@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::ConfigProblem;
 use crate::policy::{Decision, StopPolicy, Validation};
+use crate::problems::ConfigProblem;
 use crate::task::{Mode, Selection};
 
 /// `early_stopping:` — when to stop because validation stopped improving or went wrong.

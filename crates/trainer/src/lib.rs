@@ -15,6 +15,7 @@ pub mod interrupt;
 pub mod lr_find;
 pub mod oom;
 pub mod policy;
+pub mod problems;
 pub mod spike_guard;
 pub mod task;
 pub mod telemetry;

@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigProblem;
+use crate::problems::ConfigProblem;
 
 /// `oom:` — recovering from out-of-memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::ConfigProblem;
 use crate::policy::{Decision, StepRecord, StopPolicy};
+use crate::problems::ConfigProblem;
 
 /// `spike_guard:` — when a diverging run is aborted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

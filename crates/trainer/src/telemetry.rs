@@ -547,6 +547,87 @@ impl Progress {
     }
 }
 
+/// One event of `training.jsonl`: a JSON object whose `event` field names its kind.
+pub type Event = Value;
+
+/// The events of one `training.jsonl`, as [`read_events`] found them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventLog {
+    /// Every readable event, in file order.
+    pub events: Vec<Event>,
+    /// 1-based numbers of lines cut short by a killed process (the last line, or a line a
+    /// restarted run closed before its `run_start`/`resume`), skipped.
+    pub torn_lines: Vec<usize>,
+}
+
+impl EventLog {
+    /// The events of one kind (`"train_step"`, `"validation"`, ...), in file order.
+    pub fn of_kind(&self, kind: &str) -> Vec<&Event> {
+        self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+}
+
+/// Why `training.jsonl` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadEventsError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A line that is not a JSON object and was not cut short by a kill.
+    #[error("{path}:{line}: not a JSON event: {message}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What the JSON parser said.
+        message: String,
+    },
+}
+
+/// Reads a run's event log: `path` is `training.jsonl` itself or the directory holding it.
+///
+/// A torn line (a process killed mid-write) is tolerated and listed in
+/// [`EventLog::torn_lines`] when it is the last line, or when the next event starts a new
+/// process (`run_start`, `resume`), since a restarted run ends the torn line before it writes.
+/// Any other line that is not a JSON object is an error naming the file and the line.
+pub fn read_events(path: &Path) -> Result<EventLog, ReadEventsError> {
+    let path = if path.is_dir() { path.join(JSONL) } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&path).map_err(|source| ReadEventsError::Io { path: path.clone(), source })?;
+    let lines: Vec<&str> = text.lines().collect();
+    let parse = |l: &str| {
+        serde_json::from_str::<Value>(l)
+            .map_err(|e| e.to_string())
+            .and_then(|v| if v.is_object() { Ok(v) } else { Err(format!("expected an object, found {v}")) })
+    };
+    let mut log = EventLog::default();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse(line) {
+            Ok(event) => log.events.push(event),
+            Err(message) => {
+                let next = lines[i + 1..].iter().find(|l| !l.trim().is_empty());
+                let restarted = next
+                    .and_then(|l| parse(l).ok())
+                    .is_some_and(|e| e["event"] == "run_start" || e["event"] == "resume");
+                if next.is_none() || restarted {
+                    log.torn_lines.push(i + 1);
+                } else {
+                    return Err(ReadEventsError::Malformed { path, line: i + 1, message });
+                }
+            }
+        }
+    }
+    Ok(log)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -602,5 +683,28 @@ mod tests {
             }
         }
         assert_eq!(warnings, vec![30], "baseline 100 MiB at step 10; 151 MiB is the first reading over 150");
+    }
+
+    #[test]
+    fn read_events_tolerates_torn_lines_and_names_a_malformed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JSONL);
+        let a = r#"{"event":"run_start","step":0}"#;
+        let b = r#"{"event":"train_step","step":1}"#;
+        let r = r#"{"event":"resume","step":1}"#;
+        std::fs::write(&path, format!("{a}\n{b}\n{{\"event\":\"train_st")).unwrap();
+        let log = read_events(dir.path()).unwrap();
+        assert_eq!((log.events.len(), log.torn_lines.clone()), (2, vec![3]));
+        assert_eq!(log.of_kind("train_step").len(), 1);
+        // A restarted run ends the torn line and goes on below it.
+        std::fs::write(&path, format!("{a}\n{{\"event\":\"train_st\n{r}\n{b}\n")).unwrap();
+        let log = read_events(&path).unwrap();
+        assert_eq!((log.events.len(), log.torn_lines.clone()), (3, vec![2]));
+        // A bad line in the middle of one run is an error naming the file and line.
+        std::fs::write(&path, format!("{a}\nnot json\n{b}\n")).unwrap();
+        let e = read_events(&path).unwrap_err().to_string();
+        assert!(e.contains("training.jsonl:2"), "{e}");
+        let e = read_events(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
     }
 }
