@@ -113,6 +113,35 @@ fn bad_environment_values_name_the_variable() {
 }
 
 #[test]
+fn duplicate_keys_out_of_range_counts_and_bad_set_flags_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "dup.yaml", "training:\n  max_steps: 5\n  max_steps: 7\n");
+    let (code, _, err) = run(toy().arg("-c").arg(&cfg).arg("--validate-config"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("dup.yaml") && err.contains("duplicate entry with key \"max_steps\""), "{err}");
+
+    let (code, _, err) = run(toy().args(["--validate-config", "--steps", "3", "--grad-accum", "4294967297"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("training.gradient_accumulation_steps") && err.contains("1..=4294967295"), "{err}");
+    let (code, _, err) =
+        run(toy().args(["--validate-config", "--steps", "3"]).env("TRAINYARD_TRAINING__BATCH_SIZE", "4294967296"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("training.batch_size") && err.contains("TRAINYARD_TRAINING__BATCH_SIZE"), "{err}");
+
+    for (flag, expect) in [
+        ("training.max_steps", "expected KEY=VALUE"),
+        ("training.max_steps=18446744073709551617", "out of range for key training.max_steps"),
+        ("training.bogus=1", "unknown key `bogus`"),
+        ("training.batch_size=eight", "training.batch_size"),
+    ] {
+        let (code, _, err) = run(toy().args(["--validate-config", "--steps", "3", "--set", flag]));
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(expect), "{flag}: {err}");
+    }
+    assert!(!dir.path().join("training.jsonl").exists());
+}
+
+#[test]
 fn a_missing_config_file_and_an_absent_backend_are_clear_errors() {
     let (code, _, err) = run(toy().args(["-c", "/nonexistent/x.yaml"]));
     assert_eq!(code, 2);
@@ -197,8 +226,9 @@ fn interrupt_run(signal: &str, expected_code: i32) {
     assert_eq!(path, out.join("checkpoints/checkpoint_latest.safetensors"));
     assert!(path.is_file(), "the interrupt wrote {}", path.display());
     // The jsonl ends with the run_end event after the save.
-    let all = std::fs::read_to_string(out.join("training.jsonl")).unwrap();
-    let last: Value = serde_json::from_str(all.lines().last().unwrap()).unwrap();
+    let log = trainer::telemetry::read_events(&out).unwrap();
+    assert!(log.torn_lines.is_empty(), "{:?}", log.torn_lines);
+    let last = log.events.last().unwrap();
     assert_eq!(last["event"], "run_end");
 }
 

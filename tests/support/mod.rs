@@ -10,15 +10,14 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde_json::Value;
 
-/// Events of `dir/training.jsonl`, optionally only those of one kind. A line cut short by a
-/// killed process is skipped.
+/// Events of `dir/training.jsonl` (none if the file does not exist), optionally only those of
+/// one kind, read by the trainer's own reader: a line cut short by a killed process is skipped.
 pub fn events(dir: &Path, kind: Option<&str>) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("training.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| kind.is_none_or(|k| e["event"] == k))
-        .collect()
+    if !dir.join(trainer::telemetry::JSONL).exists() {
+        return Vec::new();
+    }
+    let log = trainer::telemetry::read_events(dir).unwrap_or_else(|e| panic!("{e}"));
+    log.events.into_iter().filter(|e| kind.is_none_or(|k| e["event"] == k)).collect()
 }
 
 /// The toy stage binary, run from the workspace root, without the caller's `TRAINYARD_*`

@@ -11,8 +11,7 @@ use hoser::data::{DatasetOptions, HoserData};
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hoser/tests/fixtures/libcity/helsinki_test");
 
 fn events(dir: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("training.jsonl")).expect("training.jsonl");
-    text.lines().map(|l| serde_json::from_str(l).expect("jsonl line")).collect()
+    trainer::telemetry::read_events(dir).unwrap_or_else(|e| panic!("{e}")).events
 }
 
 #[test]

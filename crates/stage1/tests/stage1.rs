@@ -47,8 +47,7 @@ fn run(mut c: Command) -> Output {
 }
 
 fn events(dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join("training.jsonl")).expect("training.jsonl");
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    trainer::telemetry::read_events(dir).unwrap_or_else(|e| panic!("{e}")).events
 }
 
 fn of<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -194,13 +193,8 @@ fn a_killed_run_resumed_from_its_top_k_checkpoint_matches_an_uninterrupted_run()
     let mut child = c.spawn().unwrap();
     let start = Instant::now();
     loop {
-        let done = std::fs::read_to_string(killed.join("training.jsonl"))
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .any(|e| e["event"] == "train_step" && e["step"] == 10)
-            })
-            .unwrap_or(false);
+        let done = trainer::telemetry::read_events(&killed)
+            .is_ok_and(|log| log.events.iter().any(|e| e["event"] == "train_step" && e["step"] == 10));
         if done || child.try_wait().unwrap().is_some() {
             break;
         }
