@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use hoser::baseline::most_frequent_successor_accuracy;
-use hoser::data::{Batch, Collator, DatasetOptions, HoserData, file_crc32c};
-use hoser::model::{BatchTensors, GraphTensors, Hoser, HoserConfig};
-use losses::combined::CombinedLoss;
+use hoser::data::{Batch, Collator, DataError, DatasetOptions, HoserData, file_crc32c};
+use hoser::model::{BatchTensors, GraphTensors, Hoser, HoserConfig, HoserConfigError};
+use losses::combined::{CombinedError, CombinedLoss};
 use losses::sequence::{
-    CandidateSteps, NextStepAccuracy, TimeErrorSums, TimeNormalization, hoser_time_loss, masked_cross_entropy,
-    next_step_accuracy, time_error,
+    CandidateSteps, NextStepAccuracy, SequenceLossError, TimeErrorSums, TimeNormalization, hoser_time_loss,
+    masked_cross_entropy, next_step_accuracy, time_error,
 };
 use serde::{Deserialize, Serialize};
 use trainer::config::{ConfigProblem, RunConfig, Validate};
-use trainer::task::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
+use trainer::task::{Metrics, Mode, Selection, StepOutput, Task, TaskError, TaskResult};
 
 /// Stage name: the binary, the default output directory `runs/hoser-vanilla`.
 pub const NAME: &str = "hoser-vanilla";
@@ -33,86 +33,17 @@ fn problem(key: &str, message: &str) -> ConfigProblem {
     ConfigProblem { key: key.into(), message: message.into(), origin: None }
 }
 
-/// `model:` — HOSER's dimensions (upstream defaults); the table sizes come from the data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelSection {
-    /// Road id embedding width (64 upstream).
-    pub road_id_emb_dim: usize,
-    /// Road length embedding width (16 upstream).
-    pub len_emb_dim: usize,
-    /// Road type embedding width (16 upstream).
-    pub type_emb_dim: usize,
-    /// Longitude embedding width (16 upstream).
-    pub lon_emb_dim: usize,
-    /// Latitude embedding width (16 upstream).
-    pub lat_emb_dim: usize,
-    /// Attention heads of the trajectory encoder (2 upstream).
-    pub num_heads: usize,
-    /// Transformer blocks of the trajectory encoder (2 upstream).
-    pub num_layers: usize,
-    /// Reproduce upstream's swapped-axis candidate angle (see `hoser::data::FeatureOptions`).
-    pub upstream_angle_quirk: bool,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        let u = HoserConfig::upstream(1, 1, 1);
-        Self {
-            road_id_emb_dim: u.road_id_emb_dim,
-            len_emb_dim: u.len_emb_dim,
-            type_emb_dim: u.type_emb_dim,
-            lon_emb_dim: u.lon_emb_dim,
-            lat_emb_dim: u.lat_emb_dim,
-            num_heads: u.num_heads,
-            num_layers: u.num_layers,
-            upstream_angle_quirk: true,
-        }
-    }
-}
-
-impl ModelSection {
-    /// The model config for tables of the given sizes.
-    pub fn hoser_config(&self, num_roads: usize, num_road_types: usize, num_zones: usize) -> HoserConfig {
-        HoserConfig {
-            num_roads,
-            num_road_types,
-            num_zones,
-            road_id_emb_dim: self.road_id_emb_dim,
-            len_emb_dim: self.len_emb_dim,
-            type_emb_dim: self.type_emb_dim,
-            lon_emb_dim: self.lon_emb_dim,
-            lat_emb_dim: self.lat_emb_dim,
-            num_heads: self.num_heads,
-            num_layers: self.num_layers,
-        }
-    }
-}
+/// `model:` — HOSER's dimensions (upstream defaults), exactly [`HoserConfig`]'s keys; the table
+/// sizes come from the data. A newtype only so that the trainer's `Validate` can be implemented
+/// here (prefixing `HoserConfig::problems` with `model.`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelSection(pub HoserConfig);
 
 impl Validate for ModelSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
-        for (key, v) in [
-            ("model.road_id_emb_dim", self.road_id_emb_dim),
-            ("model.len_emb_dim", self.len_emb_dim),
-            ("model.type_emb_dim", self.type_emb_dim),
-            ("model.lon_emb_dim", self.lon_emb_dim),
-            ("model.lat_emb_dim", self.lat_emb_dim),
-            ("model.num_heads", self.num_heads),
-            ("model.num_layers", self.num_layers),
-        ] {
-            if v == 0 {
-                p.push(problem(key, "expected a positive number"));
-            }
-        }
-        let d = self.hoser_config(1, 1, 1).hidden_dim();
-        if !d.is_multiple_of(2) {
-            p.push(problem("model.road_id_emb_dim", &format!("the summed embedding width {d} must be even")));
-        }
-        if self.num_heads > 0 && !(2 * d).is_multiple_of(self.num_heads) {
-            p.push(problem(
-                "model.num_heads",
-                &format!("the trajectory width {} is not divisible by {} heads", 2 * d, self.num_heads),
-            ));
+        for (key, message) in self.0.problems() {
+            p.push(problem(&format!("model.{key}"), &message));
         }
     }
 }
@@ -209,6 +140,45 @@ impl Validate for LossSection {
 /// Full config of the stage.
 pub type VanillaConfig = RunConfig<ModelSection, DataSection, LossSection>;
 
+/// Why the task could not be built from the config and the dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum VanillaError {
+    /// The dataset could not be read or preprocessed; the source names the file, row and value.
+    #[error("loading the dataset in {}: {source}", dir.display())]
+    Data {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// What went wrong, naming the file.
+        #[source]
+        source: DataError,
+    },
+    /// A split the run needs has no trajectory to learn from or validate on.
+    #[error(
+        "{}: the {split} split is empty ({summary}): there is nothing to {purpose}; give it trajectories of at \
+         least 2 roads",
+        path.display()
+    )]
+    EmptySplit {
+        /// The split's file.
+        path: PathBuf,
+        /// `training` or `validation`.
+        split: &'static str,
+        /// What reading the file found (rows, single-road and skipped counts).
+        summary: String,
+        /// What the split is for.
+        purpose: &'static str,
+    },
+    /// The model config does not fit the data.
+    #[error(transparent)]
+    Model(#[from] HoserConfigError),
+    /// The loss weights do not form a loss.
+    #[error("loss: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Loss(Vec<CombinedError>),
+    /// The training split's travel times give no usable normalisation.
+    #[error("time normalisation of the training split: {0}")]
+    TimeNormalization(#[source] SequenceLossError),
+}
+
 /// The vanilla HOSER task over a loaded dataset.
 pub struct VanillaTask {
     data: HoserData,
@@ -222,28 +192,47 @@ pub struct VanillaTask {
 }
 
 impl VanillaTask {
-    /// Loads (and caches) the dataset the config names.
-    pub fn new(config: &VanillaConfig) -> Result<Self, String> {
+    /// Loads (and caches) the dataset the config names. Fails before any training when the
+    /// training or validation split has no sample (a header-only `val.csv` would otherwise
+    /// validate to an accuracy of 0 and export that as the best model).
+    pub fn new(config: &VanillaConfig) -> Result<Self, VanillaError> {
         let dir = config.data.dir();
         let options = DatasetOptions {
             skip_invalid: config.data.skip_invalid,
-            upstream_angle_quirk: config.model.upstream_angle_quirk,
+            upstream_angle_quirk: config.model.0.upstream_angle_quirk,
             num_zones: config.data.num_zones,
             partition_seed: config.data.partition_seed,
         };
-        let data = HoserData::load(&dir, &options, config.data.cache_dir.as_deref())
-            .map_err(|e| format!("loading the dataset in {}: {e}", dir.display()))?;
-        let collator = data.collator(config.data.max_len).map_err(|e| e.to_string())?;
+        let data_error = |source| VanillaError::Data { dir: dir.clone(), source };
+        let data = HoserData::load(&dir, &options, config.data.cache_dir.as_deref()).map_err(data_error)?;
+        for (split, purpose, samples, summary) in [
+            ("training", "train on", &data.train.samples, &data.train.summary),
+            ("validation", "validate on", &data.val.samples, &data.val.summary),
+        ] {
+            if samples.is_empty() {
+                return Err(VanillaError::EmptySplit {
+                    path: summary.file.clone(),
+                    split,
+                    summary: summary.describe(),
+                    purpose,
+                });
+            }
+        }
+        let collator = data.collator(config.data.max_len).map_err(data_error)?;
         let f = &data.features;
-        let model = config.model.hoser_config(data.network.num_roads(), f.num_road_types, f.num_zones);
-        let loss = CombinedLoss::new(&config.loss.weights(), &LOSS_TERMS)
-            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-        let norm = TimeNormalization::new(f.time.mean, f.time.std).map_err(|e| e.to_string())?;
+        let model = config.model.0.with_tables(data.network.num_roads(), f.num_road_types, f.num_zones);
+        let problems = model.problems();
+        if !problems.is_empty() {
+            return Err(HoserConfigError { problems }.into());
+        }
+        let loss = CombinedLoss::new(&config.loss.weights(), &LOSS_TERMS).map_err(VanillaError::Loss)?;
+        let norm = TimeNormalization::new(f.time.mean, f.time.std).map_err(VanillaError::TimeNormalization)?;
         let mut key = Vec::new();
         for path in [&data.files.geo, &data.files.rel, &data.files.train, &data.files.val, &data.files.test] {
-            key.extend_from_slice(&file_crc32c(path).map_err(|e| e.to_string())?.to_le_bytes());
+            key.extend_from_slice(&file_crc32c(path).map_err(data_error)?.to_le_bytes());
         }
-        key.extend_from_slice(serde_json::to_string(&options).expect("options serialise").as_bytes());
+        // Plain data (bools and integers) always serialise.
+        key.extend_from_slice(serde_json::to_string(&options).unwrap_or_default().as_bytes());
         key.extend_from_slice(format!("{:?}", config.data.max_len).as_bytes());
         let dataset_id = format!("hoser-{}-{:08x}", config.data.dataset, crc32c::crc32c(&key));
         let baseline_acc = most_frequent_successor_accuracy(&data.train.samples, &data.val.samples);
@@ -263,17 +252,21 @@ impl VanillaTask {
     }
 
     /// Validation counts over the whole validation split, accumulated exactly over batches.
-    pub fn evaluate<B: Backend>(&self, model: &Hoser<B>, device: &B::Device) -> (NextStepAccuracy, TimeErrorSums) {
+    pub fn evaluate<B: Backend>(
+        &self,
+        model: &Hoser<B>,
+        device: &B::Device,
+    ) -> Result<(NextStepAccuracy, TimeErrorSums), SequenceLossError> {
         let graph = GraphTensors::new(&self.data.features, device);
         let mut acc = NextStepAccuracy::default();
         let mut time = TimeErrorSums::default();
         for chunk in self.data.val.samples.chunks(self.val_batch_size) {
-            let b = DeviceBatch::new(&self.collator.collate(chunk), &self.data.features.road_to_zone, device);
+            let b = DeviceBatch::new(&self.collator.collate(chunk), &self.data.features.road_to_zone, device)?;
             let (logits, time_pred) = model.forward(&graph, &b.input);
-            acc += next_step_accuracy(logits, &b.steps).expect("batch shapes agree");
-            time += time_error(time_pred, b.seconds, &b.steps, self.norm).expect("batch shapes agree");
+            acc += next_step_accuracy(logits, &b.steps)?;
+            time += time_error(time_pred, b.seconds, &b.steps, self.norm)?;
         }
-        (acc, time)
+        Ok((acc, time))
     }
 }
 
@@ -285,7 +278,7 @@ pub struct DeviceBatch<B: Backend> {
 }
 
 impl<B: Backend> DeviceBatch<B> {
-    fn new(batch: &Batch, road_to_zone: &[u32], device: &B::Device) -> Self {
+    fn new(batch: &Batch, road_to_zone: &[u32], device: &B::Device) -> Result<Self, SequenceLossError> {
         let [b, t] = batch.step_shape();
         let ints =
             |v: &[i64], shape: Vec<usize>| Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), shape), device);
@@ -293,10 +286,9 @@ impl<B: Backend> DeviceBatch<B> {
         let candidate_len =
             Tensor::<B, 2, Int>::from_data(TensorData::new(batch.candidate_len.clone(), [b, t]), device);
         let label = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.road_label.clone(), [b, t]), device);
-        let steps = CandidateSteps::from_lengths(trace_len, candidate_len, label, batch.max_candidates)
-            .expect("collated lengths agree");
+        let steps = CandidateSteps::from_lengths(trace_len, candidate_len, label, batch.max_candidates)?;
         let seconds = Tensor::from_data(TensorData::new(batch.timestamp_label.clone(), [b, t]), device);
-        Self { input: BatchTensors::new(batch, road_to_zone, device), steps, seconds }
+        Ok(Self { input: BatchTensors::new(batch, road_to_zone, device), steps, seconds })
     }
 }
 
@@ -323,7 +315,7 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         let batch = self.collator.collate(indices.iter().map(|&i| &self.data.train.samples[i]));
         Ok(VanillaBatch {
             graph: GraphTensors::new(&self.data.features, device),
-            batch: DeviceBatch::new(&batch, &self.data.features.road_to_zone, device),
+            batch: DeviceBatch::new(&batch, &self.data.features.road_to_zone, device)?,
         })
     }
 
@@ -332,22 +324,24 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         let (logits, time_pred) = model.forward(&batch.graph, &b.input);
         let mut computed = Vec::new();
         if self.loss.is_active("ce") {
-            computed.push(("ce", masked_cross_entropy(logits, &b.steps).expect("batch shapes agree")));
+            computed.push(("ce", masked_cross_entropy(logits, &b.steps)?));
         }
         if self.loss.is_active("time") {
-            let time = hoser_time_loss(time_pred, b.seconds.clone(), &b.steps, self.norm).expect("batch shapes agree");
-            computed.push(("time", time));
+            computed.push(("time", hoser_time_loss(time_pred, b.seconds.clone(), &b.steps, self.norm)?));
         }
-        let out = self.loss.combine(computed).expect("every active term is computed");
+        let out = self.loss.combine(computed)?;
         let mut metrics = out.components();
         metrics.remove("loss");
         Ok(StepOutput { loss: out.total, metrics })
     }
 
     fn validate(&self, model: &Hoser<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
-        let (acc, time) = self.evaluate(model, device);
+        let (acc, time) = self.evaluate(model, device)?;
+        let accuracy = acc.accuracy().ok_or_else(|| {
+            TaskError::msg(format!("{}: no validation step to score", self.data.val.summary.file.display()))
+        })?;
         let mut m = Metrics::new();
-        m.insert("val_next_step_acc".into(), acc.accuracy().unwrap_or(0.0));
+        m.insert("val_next_step_acc".into(), accuracy);
         // A constant column, so metrics.csv and TensorBoard show the model against the baseline.
         m.insert("val_successor_baseline_acc".into(), self.baseline_acc);
         if let Some(mape) = time.hoser_time_mape() {
@@ -382,7 +376,7 @@ mod tests {
     fn defaults_are_upstream_and_valid() {
         let c = VanillaConfig::default();
         assert!(problems(&c).is_empty(), "{:?}", problems(&c));
-        let h = c.model.hoser_config(10, 2, 3);
+        let h = c.model.0.with_tables(10, 2, 3);
         assert_eq!(h, HoserConfig::upstream(10, 2, 3));
         assert_eq!(c.data.dir(), PathBuf::from("data/Beijing"));
         assert_eq!(c.loss.weights(), BTreeMap::from([("ce".into(), 1.0), ("time".into(), 1.0)]));
@@ -391,7 +385,7 @@ mod tests {
     #[test]
     fn bad_sections_are_reported_by_key() {
         let mut c = VanillaConfig::default();
-        c.model.num_heads = 7;
+        c.model.0.num_heads = 7;
         c.data.num_zones = 0;
         c.data.max_len = Some(0);
         c.loss = LossSection { ce_weight: 0.0, time_weight: 0.0 };

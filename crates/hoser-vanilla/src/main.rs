@@ -30,7 +30,7 @@ struct VanillaArgs {
 struct Vanilla;
 
 fn task(config: &VanillaConfig) -> Result<VanillaTask, TrainError> {
-    VanillaTask::new(config).map_err(TrainError::Data)
+    VanillaTask::new(config).map_err(|e| TrainError::Data(e.to_string()))
 }
 
 impl Stage for Vanilla {

@@ -273,7 +273,11 @@ fn build(files: &DatasetFiles, options: &DatasetOptions, network: &RoadNetwork) 
             DataError::malformed(
                 &files.train,
                 0,
-                "no training trajectory with at least 2 roads: cannot fit the time normalisation",
+                format!(
+                    "the training split is empty, no trajectory with at least 2 roads ({}): nothing to train on \
+                     or to fit the time normalisation",
+                    train_file.summary.describe()
+                ),
             )
         })?;
     let features = StaticFeatures::build(network, &partition, &transitions, time);

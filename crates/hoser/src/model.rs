@@ -18,18 +18,25 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::{gelu, leaky_relu, relu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, IndexingUpdateOp, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Width of the hidden layer of the fusion gate and of each half of the time head (fixed upstream).
 const HEAD_WIDTH: usize = 64;
 
-/// Model dimensions (upstream `config/<Dataset>.yaml`); the table sizes come from the data.
-#[derive(Debug, Clone, PartialEq)]
+/// Model dimensions (upstream `config/<Dataset>.yaml`): the `model:` section of a HOSER stage
+/// config. The table sizes come from the data ([`HoserConfig::with_tables`]) and are not config
+/// keys; [`HoserConfig::problems`] names what cannot work, [`HoserConfig::try_init`] builds the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HoserConfig {
-    /// Number of roads (`road_id_num_embeddings`).
+    /// Number of roads (`road_id_num_embeddings`), from the data.
+    #[serde(skip)]
     pub num_roads: usize,
-    /// Number of road types (`type_num_embeddings`).
+    /// Number of road types (`type_num_embeddings`), from the data.
+    #[serde(skip)]
     pub num_road_types: usize,
-    /// Number of zones (`zone_id_num_embeddings`).
+    /// Number of zones (`zone_id_num_embeddings`), from the data.
+    #[serde(skip)]
     pub num_zones: usize,
     /// Road id embedding width (64 upstream).
     pub road_id_emb_dim: usize,
@@ -45,6 +52,25 @@ pub struct HoserConfig {
     pub num_heads: usize,
     /// Transformer blocks of the trajectory encoder (2 upstream).
     pub num_layers: usize,
+    /// Feed the model upstream's swapped-axis candidate angle (see
+    /// [`FeatureOptions::upstream_angle_quirk`](crate::data::FeatureOptions::upstream_angle_quirk)):
+    /// weights trained on one convention expect it, so it belongs with the model. Default `true`.
+    pub upstream_angle_quirk: bool,
+}
+
+impl Default for HoserConfig {
+    /// Upstream's dimensions, with empty tables (set them with [`HoserConfig::with_tables`]).
+    fn default() -> Self {
+        Self::upstream(0, 0, 0)
+    }
+}
+
+/// A [`HoserConfig`] that cannot build a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid HOSER model config: {}", .problems.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))]
+pub struct HoserConfigError {
+    /// `(field, message)` per problem; fields are the config keys (`num_heads`, ...).
+    pub problems: Vec<(String, String)>,
 }
 
 impl HoserConfig {
@@ -61,7 +87,13 @@ impl HoserConfig {
             lat_emb_dim: 16,
             num_heads: 2,
             num_layers: 2,
+            upstream_angle_quirk: true,
         }
+    }
+
+    /// The same dimensions for tables of the given sizes (from the dataset).
+    pub fn with_tables(&self, num_roads: usize, num_road_types: usize, num_zones: usize) -> Self {
+        Self { num_roads, num_road_types, num_zones, ..self.clone() }
     }
 
     /// The road / zone embedding width d, which is also the trajectory and navigator hidden size
@@ -71,23 +103,71 @@ impl HoserConfig {
         self.road_id_emb_dim + self.len_emb_dim + self.type_emb_dim + self.lon_emb_dim + self.lat_emb_dim
     }
 
-    /// A randomly initialised model.
-    ///
-    /// # Panics
-    /// If `2·d` is not divisible by `num_heads` or d is odd.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Hoser<B> {
+    /// What is wrong with the dimensions, as `(field, message)` (empty when they can build a
+    /// model). The table sizes are not checked here: they come from the data (see
+    /// [`HoserConfig::try_init`]).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        for (key, v) in [
+            ("road_id_emb_dim", self.road_id_emb_dim),
+            ("len_emb_dim", self.len_emb_dim),
+            ("type_emb_dim", self.type_emb_dim),
+            ("lon_emb_dim", self.lon_emb_dim),
+            ("lat_emb_dim", self.lat_emb_dim),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+        ] {
+            if v == 0 {
+                p.push((key.to_owned(), "expected a positive number".to_owned()));
+            }
+        }
         let d = self.hidden_dim();
-        assert!(d.is_multiple_of(2), "hidden size {d} must be even (cos/sin temporal encoding)");
-        assert!(
-            (2 * d).is_multiple_of(self.num_heads),
-            "trajectory width {} not divisible by {} heads",
-            2 * d,
-            self.num_heads
-        );
-        Hoser {
+        if !d.is_multiple_of(2) {
+            p.push((
+                "road_id_emb_dim".to_owned(),
+                format!("the summed embedding width {d} must be even (cos/sin temporal encoding)"),
+            ));
+        }
+        if self.num_heads > 0 && !(2 * d).is_multiple_of(self.num_heads) {
+            p.push((
+                "num_heads".to_owned(),
+                format!("the trajectory width {} is not divisible by {} heads", 2 * d, self.num_heads),
+            ));
+        }
+        p
+    }
+
+    /// A randomly initialised model, or every problem of the config (the dimensions, and tables
+    /// that are empty).
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<Hoser<B>, HoserConfigError> {
+        let mut problems = self.problems();
+        for (key, v) in
+            [("num_roads", self.num_roads), ("num_road_types", self.num_road_types), ("num_zones", self.num_zones)]
+        {
+            if v == 0 {
+                problems.push((key.to_owned(), "the dataset gives an empty table".to_owned()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(HoserConfigError { problems });
+        }
+        let d = self.hidden_dim();
+        Ok(Hoser {
             road_network_encoder: RoadNetworkEncoder::new(self, device),
             trajectory_encoder: TrajectoryEncoder::new(self, device),
             navigator: Navigator::new(d, device),
+        })
+    }
+
+    /// A randomly initialised model; see [`HoserConfig::try_init`].
+    ///
+    /// # Panics
+    /// If the config does not validate (a programmer error: a stage checks it with `try_init` or
+    /// [`HoserConfig::problems`] when it loads its config).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Hoser<B> {
+        match self.try_init(device) {
+            Ok(model) => model,
+            Err(e) => panic!("{e}"),
         }
     }
 }
