@@ -9,12 +9,14 @@
 //! prints seed 000's console block and writes a PNG grid (SAR | prediction | target).
 
 pub mod config;
+pub mod error;
 pub mod grid;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
 use losses::combined::CombinedLoss;
@@ -26,11 +28,14 @@ use losses::structure::{MsSsimConfig, ms_ssim_loss};
 use sarmodels::denoiser::{Denoiser, sample, training_loss};
 use sarmodels::generator::Generator;
 use sarmodels::report::ParamCount;
+use sarmodels::{GeneratorConfig, WeightError};
+use tiling::TilingError;
 use tiling::dataset::{DatasetConfig, NpzSource, Sample, Standardization, TileDataset, TileSource};
 use tiling::tile::Split;
 use trainer::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
 pub use config::{DataSection, LossSection, ModelSection, Stage1Config};
+pub use error::Stage1Error;
 
 /// Stage name (binary, default output directory).
 pub const NAME: &str = "stage1";
@@ -66,36 +71,45 @@ pub struct Stage1Batch<B: Backend> {
     pub valid: Tensor<B, 4>,
 }
 
-/// Stacks samples into a batch on the device (`tiling::dataset::collate`'s host batch).
-///
-/// # Panics
-/// If the samples differ in size (the message names the tile): a data set whose tiles differ
-/// needs `data.tile_size` to reject them when the task is built.
-pub fn collate<B: Backend>(samples: &[Sample], device: &B::Device) -> Stage1Batch<B> {
-    let tiling::dataset::Batch { s1, s2, valid, batch, height, width, .. } =
-        tiling::dataset::collate(samples).unwrap_or_else(|e| panic!("batching tiles: {e}"));
+/// Stacks samples into a batch on the device (`tiling::dataset::collate`'s host batch); samples of
+/// different sizes are an error naming the tile.
+pub fn collate<B: Backend>(samples: &[Sample], device: &B::Device) -> Result<Stage1Batch<B>, Stage1Error> {
+    let tiling::dataset::Batch { s1, s2, valid, batch, height, width, .. } = tiling::dataset::collate(samples)?;
     let tensor =
         |data: Vec<f32>, c: usize| Tensor::<B, 4>::from_data(TensorData::new(data, [batch, c, height, width]), device);
-    Stage1Batch { sar: tensor(s1, 2), target: tensor(s2, 4), valid: tensor(valid, 1) }
+    Ok(Stage1Batch { sar: tensor(s1, 2), target: tensor(s2, 4), valid: tensor(valid, 1) })
 }
 
-/// Decodes `indices` of `dataset` for `epoch` on up to `workers` threads, in order.
-///
-/// # Panics
-/// If a tile cannot be read (the message names the file): the tiles were checked when the
-/// task was built, so this is a file that changed or broke during the run.
-pub fn load_samples(dataset: &TileDataset<NpzSource>, indices: &[usize], epoch: u64, workers: usize) -> Vec<Sample> {
+/// Decodes `indices` of `dataset` for `epoch` on up to `workers` threads, in order. A tile that
+/// cannot be read (truncated, damaged, checksum mismatch, all-NaN, ...) is an error naming its
+/// file: the headers were checked when the task was built, so this is a tile that changed or
+/// whose data is bad.
+pub fn load_samples(
+    dataset: &TileDataset<NpzSource>,
+    indices: &[usize],
+    epoch: u64,
+    workers: usize,
+) -> Result<Vec<Sample>, Stage1Error> {
     let chunk = indices.len().div_ceil(workers.max(1)).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = indices
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|&i| dataset.sample(i, epoch)).collect::<Vec<_>>()))
+            .map(|part| {
+                let first = part.first().copied();
+                (first, scope.spawn(move || part.iter().map(|&i| dataset.sample(i, epoch)).collect::<Vec<_>>()))
+            })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("tile decoding thread"))
-            .map(|r| r.unwrap_or_else(|e| panic!("reading a tile during training: {e}")))
-            .collect()
+        let mut samples = Vec::with_capacity(indices.len());
+        for (first, handle) in handles {
+            // A panic while decoding is a bug in a reader; report it against the tiles of that chunk.
+            let decoded = handle.join().map_err(|_| Stage1Error::Decode {
+                path: first.map(|i| dataset.source().path(i)).unwrap_or_default(),
+            })?;
+            for sample in decoded {
+                samples.push(sample?);
+            }
+        }
+        Ok(samples)
     })
 }
 
@@ -125,34 +139,29 @@ fn sum_of<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Where the tiles come from: a manifest's splits, a hash split, or a separate validation directory.
-fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), String> {
-    let dir = data.data_dir.as_deref().ok_or("data.data_dir is not set")?;
+fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), Stage1Error> {
+    let dir = data.data_dir.as_deref().ok_or_else(|| Stage1Error::config("data.data_dir", "is not set"))?;
     let manifest = dir.join("manifest.json");
-    let err = |e: tiling::TilingError| e.to_string();
     let (train, val, check_split) = if manifest.is_file() {
-        let train = NpzSource::from_manifest(&manifest, Some(Split::Train)).map_err(err)?;
+        let train = NpzSource::from_manifest(&manifest, Some(Split::Train))?;
         let val = match &data.val_dir {
             Some(_) => None,
-            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val)).map_err(err)?),
+            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val))?),
         };
         (train, val, true)
     } else {
         // No manifest: a stable hash of the tile id decides, so the split does not depend on file order.
-        let all = NpzSource::from_dir(dir).map_err(err)?;
+        let all = NpzSource::from_dir(dir)?;
         let threshold = (data.val_split * 1_000_000.0) as u32;
-        let (mut train, mut val) = (Vec::new(), Vec::new());
-        for (i, path) in all.paths().enumerate() {
-            let id = all.tile_id(i);
-            let bucket = crc32c::crc32c(id.as_bytes()) % 1_000_000;
-            if bucket < threshold { val.push(path.to_path_buf()) } else { train.push(path.to_path_buf()) }
-        }
-        let val = if data.val_dir.is_some() { None } else { Some(NpzSource::from_paths(val)) };
-        (NpzSource::from_paths(train), val, false)
+        let in_val = |i: usize| crc32c::crc32c(all.tile_id(i).as_bytes()) % 1_000_000 < threshold;
+        let val = if data.val_dir.is_some() { None } else { Some(all.filter(in_val)) };
+        (all.filter(|i| !in_val(i)), val, false)
     };
     let val = match (val, &data.val_dir) {
         (Some(v), _) => v,
-        (None, Some(d)) => NpzSource::from_dir(d).map_err(err)?,
-        (None, None) => unreachable!("val is None only with val_dir"),
+        (None, Some(d)) => NpzSource::from_dir(d)?,
+        // `val` is None only when `val_dir` is set (both branches above).
+        (None, None) => NpzSource::default(),
     };
     Ok((train, val, check_split && data.val_dir.is_none()))
 }
@@ -160,11 +169,48 @@ fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), String> {
 /// Keeps the first `n` tiles of a source.
 fn take(source: NpzSource, n: Option<usize>) -> NpzSource {
     match n {
-        Some(n) if n < source.len() => {
-            NpzSource::from_paths(source.paths().take(n).map(Path::to_path_buf).collect::<Vec<_>>())
-        }
-        _ => source,
+        Some(n) => source.take(n),
+        None => source,
     }
+}
+
+/// The smallest tile side MS-SSIM accepts (its Gaussian window): validation always computes it.
+pub fn min_tile_side(ms_ssim: &MsSsimConfig) -> usize {
+    ms_ssim.ssim.kernel_size
+}
+
+/// Checks one tile set when the task is built: every tile's headers, one size for all, equal to
+/// `data.tile_size` when set, fitting the patch grid and at least `min_side` (the losses' window).
+fn check_tile_set(
+    name: &str,
+    source: &NpzSource,
+    data: &DataSection,
+    generator: &GeneratorConfig,
+    min_side: Option<(usize, &str)>,
+) -> Result<(), Stage1Error> {
+    let Some((h, w)) = source.check_headers()? else { return Ok(()) };
+    let first = source.paths().next().map(Path::to_path_buf).unwrap_or_default();
+    let tile = |message: String| Stage1Error::Tile { path: first.clone(), message };
+    if let Some(side) = data.tile_size
+        && (h, w) != (side, side)
+    {
+        return Err(Stage1Error::config(
+            "data.tile_size",
+            format!("is {side} but the {name} tiles are {h}x{w} (e.g. {})", first.display()),
+        ));
+    }
+    generator
+        .check_input(h, w)
+        .map_err(|e| tile(format!("{name} tiles are {h}x{w}, which model.size does not fit: {e}")))?;
+    if let Some((side, what)) = min_side
+        && (h < side || w < side)
+    {
+        return Err(tile(format!(
+            "{name} tiles are {h}x{w}, smaller than the {side}x{side} minimum of {what}; \
+             cut larger tiles (trainyard-tile --size {side} or more)"
+        )));
+    }
+    Ok(())
 }
 
 /// The stage-1 task over loaded tile sets.
@@ -176,6 +222,8 @@ pub struct Stage1Task<B: AutodiffBackend> {
     loss: CombinedLoss,
     ms_ssim: MsSsimConfig,
     lpips: Option<Lpips<B>>,
+    /// The `model.pretrained` base, read and checked against the model when the task was built.
+    base: Option<BaseWeights>,
     timesteps: AtomicUsize,
     epoch: AtomicU64,
     validation_step: AtomicU64,
@@ -187,23 +235,42 @@ pub struct Stage1Task<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Stage1Task<B> {
-    /// Reads the tile sets the config names and checks them against the model.
-    pub fn new(config: &Stage1Config, device: &B::Device) -> Result<Self, String> {
+    /// Reads the tile sets the config names and checks them against the model and the losses.
+    ///
+    /// Checked here, so that a bad data set fails before training starts: every tile's headers
+    /// (sidecar, zip directory, NPY headers: bands, dtype, order, shape), one size per set, equal
+    /// to `data.tile_size` when set, fitting the patch grid and at least MS-SSIM's window; every
+    /// manifest entry exists inside the data directory; `model.pretrained` loads into this model.
+    /// Errors name the file or the config key.
+    pub fn new(config: &Stage1Config, device: &B::Device) -> Result<Self, Stage1Error> {
         let data = &config.data;
         let (train, val, check_split) = sources(data)?;
         let train = take(train, data.max_tiles);
         let val = take(val, data.max_val_tiles);
         let dir = data.data_dir.as_deref().unwrap_or(Path::new("."));
         if train.is_empty() {
-            return Err(format!(
-                "{}: no training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
-                dir.display()
-            ));
+            return Err(Stage1Error::NoTiles {
+                dir: dir.to_path_buf(),
+                what: "training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
+            });
         }
         if val.is_empty() {
             let from = data.val_dir.as_deref().unwrap_or(dir);
-            return Err(format!("{}: no validation tiles (set data.val_dir or data.val_split)", from.display()));
+            return Err(Stage1Error::NoTiles {
+                dir: from.to_path_buf(),
+                what: "validation tiles (set data.val_dir or data.val_split)",
+            });
         }
+        let loss = CombinedLoss::new(&config.loss.weights(), &config::LOSS_TERMS).map_err(|e| {
+            Stage1Error::config("loss", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        })?;
+        let ms_ssim = MsSsimConfig::default();
+        let generator = config.model.generator();
+        let side = min_tile_side(&ms_ssim);
+        let train_min = loss.is_active("ms_ssim").then_some((side, "MS-SSIM (loss.ms_ssim_weight)"));
+        check_tile_set("training", &train, data, &generator, train_min)?;
+        check_tile_set("validation", &val, data, &generator, Some((side, "MS-SSIM (the validation metric ms_ssim)")))?;
+
         let standardization =
             if config.model.standardize { Standardization::terramind_v1() } else { Standardization::none() };
         let dataset = |source, split, augment| {
@@ -212,7 +279,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
             c.augment = augment;
             c.tile_size = data.tile_size.map(|s| (s, s));
             c.check_split = check_split;
-            TileDataset::new(source, c).map_err(|e| e.to_string())
+            TileDataset::new(source, c)
         };
         let mut train_paths = Vec::new();
         for p in train.paths() {
@@ -221,20 +288,10 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let train = dataset(train, Split::Train, data.augment)?;
         let val = dataset(val, Split::Val, false)?;
 
-        // Every tile must fit the patch grid; check the first of each set now (sizes are uniform
-        // within a tiler run) so a mismatch is a config error and not a panic mid-run.
-        let generator = config.model.generator();
-        for (name, set) in [("training", &train), ("validation", &val)] {
-            let s = set.sample(0, 0).map_err(|e| e.to_string())?;
-            generator.check_input(s.height, s.width).map_err(|e| format!("{name} tile `{}`: {e}", s.tile_id))?;
-        }
-        if let Some(path) = &config.model.pretrained {
-            generator
-                .try_init::<B>(device)
-                .map_err(|e| e.to_string())?
-                .load_base(path)
-                .map_err(|e| format!("model.pretrained: {e}"))?;
-        }
+        let base = match &config.model.pretrained {
+            Some(path) => Some(BaseWeights::read::<B>(&generator, path, device)?),
+            None => None,
+        };
         if config.model.lora.enabled && config.model.pretrained.is_none() {
             tracing::warn!(
                 "LoRA on a randomly initialised base: only the adapters train and the frozen pixel head stays random. \
@@ -242,14 +299,12 @@ impl<B: AutodiffBackend> Stage1Task<B> {
                  model.pretrained"
             );
         }
-        let loss = CombinedLoss::new(&config.loss.weights(), &config::LOSS_TERMS)
-            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
         let lpips = if loss.is_active("lpips") {
-            Some(config.loss.lpips.load::<B>(device).map_err(|e| format!("loss.lpips: {e}"))?)
+            Some(config.loss.lpips.load::<B>(device).map_err(|e| Stage1Error::config("loss.lpips", e.to_string()))?)
         } else {
             None
         };
-        let mean_image = mean_training_image(&train, data);
+        let mean_image = mean_training_image(&train, data)?;
         let dataset_id = format!("stage1-{:08x}-{}", crc32c::crc32c(&train_paths), train.len());
         Ok(Self {
             config: config.clone(),
@@ -257,8 +312,9 @@ impl<B: AutodiffBackend> Stage1Task<B> {
             val,
             standardization,
             loss,
-            ms_ssim: MsSsimConfig::default(),
+            ms_ssim,
             lpips,
+            base,
             timesteps: AtomicUsize::new(config.model.timesteps),
             epoch: AtomicU64::new(0),
             validation_step: AtomicU64::new(0),
@@ -279,7 +335,9 @@ impl<B: AutodiffBackend> Stage1Task<B> {
     }
 
     /// Validation over the whole validation set with the current timesteps.
-    pub fn evaluate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> Metrics {
+    ///
+    /// A validation tile that cannot be read is an error naming its file.
+    pub fn evaluate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> Result<Metrics, Stage1Error> {
         let steps = self.timesteps();
         let order: Vec<usize> = (0..self.val.len()).collect();
         let w = |name: &str| self.loss.weight(name);
@@ -290,8 +348,8 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let (mut psnr_mean_sum, mut mean_ok) = (0.0, self.mean_image.is_some());
         let mut grid = Vec::new();
         for (bi, chunk) in order.chunks(self.config.data.val_batch_size).enumerate() {
-            let samples = load_samples(&self.val, chunk, 0, self.config.data.num_workers);
-            let batch = collate::<B::InnerBackend>(&samples, device);
+            let samples = load_samples(&self.val, chunk, 0, self.config.data.num_workers)?;
+            let batch = collate::<B::InnerBackend>(&samples, device)?;
             let k = samples.len() as f64;
             let seed = self.config.seed ^ (bi as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let (head, out) = model.predict(batch.sar.clone(), steps, seed);
@@ -368,25 +426,28 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         }
         eprintln!("  SAR-Edge Agreement: {:.4}", m["sar_edge_agreement"]);
         eprintln!("  PSNR: {:.2} dB (mean-image baseline {baseline:.2} dB, timesteps {steps})", m["psnr"]);
-        m
+        Ok(m)
     }
 }
 
 /// The per-pixel mean of the targets of (at most `baseline_tiles`) un-augmented training tiles,
 /// `[4, h, w]` standardised, for the "predict the mean training image" baseline; `None` when the
 /// tiles differ in size.
-fn mean_training_image(train: &TileDataset<NpzSource>, data: &DataSection) -> Option<(Vec<f32>, usize, usize)> {
+fn mean_training_image(
+    train: &TileDataset<NpzSource>,
+    data: &DataSection,
+) -> Result<Option<(Vec<f32>, usize, usize)>, Stage1Error> {
     let n = train.len().min(data.baseline_tiles.max(1));
     // Training samples are augmented; read these with the validation transform instead.
     let mut plain = train.config().clone();
     plain.augment = false;
-    let paths: Vec<PathBuf> = train.source().paths().map(Path::to_path_buf).collect();
-    let plain = TileDataset::new(NpzSource::from_paths(paths), plain).ok()?;
+    let plain = TileDataset::new(train.source().clone(), plain)?;
     let idx: Vec<usize> = (0..n).collect();
-    let samples = load_samples(&plain, &idx, 0, data.num_workers);
-    let (h, w) = (samples[0].height, samples[0].width);
+    let samples = load_samples(&plain, &idx, 0, data.num_workers)?;
+    let Some(first) = samples.first() else { return Ok(None) };
+    let (h, w) = (first.height, first.width);
     if samples.iter().any(|x| (x.height, x.width) != (h, w)) {
-        return None;
+        return Ok(None);
     }
     let mut mean = vec![0.0f64; 4 * h * w];
     for x in &samples {
@@ -394,7 +455,78 @@ fn mean_training_image(train: &TileDataset<NpzSource>, data: &DataSection) -> Op
             *m += f64::from(*v) / n as f64;
         }
     }
-    Some((mean.iter().map(|&v| v as f32).collect(), h, w))
+    Ok(Some((mean.iter().map(|&v| v as f32).collect(), h, w)))
+}
+
+/// Base weights of `model.pretrained`, read once when the task is built: every base (non-adapter)
+/// parameter by its dotted path, as loaded and checked by `sarmodels`' `load_base`.
+struct BaseWeights {
+    tensors: BTreeMap<String, TensorData>,
+}
+
+/// Whether a parameter path belongs to a LoRA adapter (`sarmodels` names them `adapter`).
+fn in_adapter(path: &[String]) -> bool {
+    path.iter().any(|p| p == "adapter")
+}
+
+impl BaseWeights {
+    /// Loads `path` into a generator of `config` (so every key and shape is checked) and keeps
+    /// its base parameters.
+    fn read<B: Backend>(config: &GeneratorConfig, path: &Path, device: &B::Device) -> Result<Self, Stage1Error> {
+        let generator = config
+            .try_init::<B>(device)
+            .map_err(|e| Stage1Error::config("model", e.to_string()))?
+            .load_base(path)
+            .map_err(Stage1Error::Pretrained)?;
+        struct Collect {
+            path: Vec<String>,
+            tensors: BTreeMap<String, TensorData>,
+        }
+        impl<B: Backend> ModuleVisitor<B> for Collect {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if !in_adapter(&self.path) {
+                    self.tensors.insert(self.path.join("."), param.val().into_data());
+                }
+            }
+        }
+        let mut collect = Collect { path: Vec::new(), tensors: BTreeMap::new() };
+        generator.visit(&mut collect);
+        Ok(Self { tensors: collect.tensors })
+    }
+
+    /// `generator` with these base weights in place of its own (adapters and trainability kept).
+    fn apply<B: Backend>(&self, generator: Generator<B>) -> Generator<B> {
+        struct Apply<'a> {
+            path: Vec<String>,
+            tensors: &'a BTreeMap<String, TensorData>,
+        }
+        impl<B: Backend> ModuleMapper<B> for Apply<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                if in_adapter(&self.path) {
+                    return param;
+                }
+                // Same config as when the weights were read, so every base parameter has its entry.
+                let Some(data) = self.tensors.get(&self.path.join(".")) else { return param };
+                let (id, tensor, _mapper) = param.consume();
+                let (device, shape, trainable) = (tensor.device(), tensor.shape(), tensor.is_require_grad());
+                let value = Tensor::<B, D>::from_data(data.clone(), &device);
+                Param::uninitialized(id, move |_, grad| value.clone().set_require_grad(grad), device, trainable, shape)
+            }
+        }
+        generator.map(&mut Apply { path: Vec::new(), tensors: &self.tensors })
+    }
 }
 
 impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
@@ -404,8 +536,8 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
     fn build_model(&self, device: &B::Device) -> Stage1Model<B> {
         let gc = self.config.model.generator();
         let mut generator = gc.init::<B>(device);
-        if let Some(path) = &self.config.model.pretrained {
-            generator = generator.load_base(path).expect("checked when the task was built");
+        if let Some(base) = &self.base {
+            generator = base.apply(generator);
         }
         let model = Stage1Model { denoiser: gc.init_denoiser(device), generator };
         let count = ParamCount::of::<B, _>(&model);
@@ -430,7 +562,7 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
 
     fn train_batch(&self, indices: &[usize], device: &B::Device) -> TaskResult<Stage1Batch<B>> {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        Ok(collate(&load_samples(&self.train, indices, epoch, self.config.data.num_workers), device))
+        Ok(collate(&load_samples(&self.train, indices, epoch, self.config.data.num_workers)?, device)?)
     }
 
     fn train_step(&self, model: &Stage1Model<B>, batch: &Stage1Batch<B>) -> TaskResult<StepOutput<B>> {
@@ -467,7 +599,7 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
             let residual = batch.target.clone() - cond.clone();
             terms.push(("denoiser", training_loss(&model.denoiser, residual, cond, batch.sar.clone(), seed as u64)));
         }
-        let out = self.loss.combine(terms).expect("every active term is computed above");
+        let out = self.loss.combine(terms)?;
         let mut metrics = out.components();
         metrics.remove("loss");
         // seed 000's step-log names: the unweighted terms without the `loss_` prefix.
@@ -476,7 +608,7 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
     }
 
     fn validate(&self, model: &Stage1Model<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
-        Ok(self.evaluate(model, device))
+        Ok(self.evaluate(model, device)?)
     }
 
     fn selection(&self) -> Selection {
@@ -510,8 +642,8 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
 }
 
 /// Writes the merged generator (adapters folded in) as a base `model.pretrained` can load.
-pub fn export_base<B: Backend>(model: Stage1Model<B>, path: &Path) -> Result<(), String> {
-    model.generator.merge_lora().save_base(path).map_err(|e| e.to_string())
+pub fn export_base<B: Backend>(model: Stage1Model<B>, path: &Path) -> Result<(), WeightError> {
+    model.generator.merge_lora().save_base(path)
 }
 
 /// Renders `scenes` synthetic paired scenes of `scene_size`² pixels (seed `seed`) and cuts them
@@ -524,12 +656,12 @@ pub fn write_synthetic_tiles(
     scene_size: usize,
     tile_size: usize,
     seed: u64,
-) -> Result<usize, String> {
+) -> Result<usize, TilingError> {
     use tiling::synthetic::{SyntheticConfig, SyntheticScene};
     let cfg = SyntheticConfig::new(scene_size, scene_size, seed);
     let rendered =
         (0..scenes as u64).map(|i| SyntheticScene::generate(&cfg, i).with_fake_georeference().to_scene()).collect();
     let tiler = tiling::tiler::TilerConfig { size: tile_size, seed, ..Default::default() };
-    let manifest = tiling::tiler::tile_scenes(out_dir, rendered, tiler).map_err(|e| e.to_string())?;
+    let manifest = tiling::tiler::tile_scenes(out_dir, rendered, tiler)?;
     Ok(manifest.tiles.len())
 }

@@ -98,7 +98,7 @@ impl Stage for Stage1 {
         device: &B::Device,
         interrupts: Interrupts,
     ) -> Result<(StopReason, LoopState), TrainError> {
-        let task = Stage1Task::<B>::new(config, device).map_err(TrainError::Data)?;
+        let task = Stage1Task::<B>::new(config, device).map_err(|e| TrainError::Data(e.to_string()))?;
         let (train, val) = task.sizes();
         let t = &config.training;
         eprintln!("{train} training tiles, {val} validation tiles");
@@ -141,7 +141,7 @@ impl Stage for Stage1 {
         device: &B::Device,
         options: &LrFindOptions,
     ) -> Result<LrFindOutcome, TrainError> {
-        let task = Stage1Task::<B>::new(config, device).map_err(TrainError::Data)?;
+        let task = Stage1Task::<B>::new(config, device).map_err(|e| TrainError::Data(e.to_string()))?;
         Trainer::new(config.loop_config()).lr_find::<B, _>(&task, device, options)
     }
 }
