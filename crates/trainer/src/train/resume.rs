@@ -256,8 +256,8 @@ pub(super) fn archive_previous_run(cfg: &LoopConfig<'_>) -> Result<Option<PathBu
     let paths = cfg.logging.paths(cfg.run_dir);
     let has_telemetry = [&paths.jsonl, &paths.csv, &paths.tensorboard].iter().any(|p| p.exists());
     let ckpt_dir = cfg.checkpoint_dir();
-    let has_checkpoints = ckpt_dir.is_dir()
-        && std::fs::read_dir(&ckpt_dir).map_err(|e| CheckpointError::io(&ckpt_dir, e))?.next().is_some();
+    // The store's own files only: the checkpoint directory may be the run directory itself.
+    let has_checkpoints = !checkpoints::store::resume_candidates(&ckpt_dir).is_empty();
     if !has_telemetry && !has_checkpoints {
         return Ok(None);
     }
