@@ -221,10 +221,8 @@ impl VanillaTask {
         let collator = data.collator(config.data.max_len).map_err(data_error)?;
         let f = &data.features;
         let model = config.model.0.with_tables(data.network.num_roads(), f.num_road_types, f.num_zones);
-        let problems = model.problems();
-        if !problems.is_empty() {
-            return Err(HoserConfigError { problems }.into());
-        }
+        // `build_model` calls the infallible `init`: every problem is reported here instead.
+        model.check()?;
         let loss = CombinedLoss::new(&config.loss.weights(), &LOSS_TERMS).map_err(VanillaError::Loss)?;
         let norm = TimeNormalization::new(f.time.mean, f.time.std).map_err(VanillaError::TimeNormalization)?;
         let mut key = Vec::new();

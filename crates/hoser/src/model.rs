@@ -137,9 +137,9 @@ impl HoserConfig {
         p
     }
 
-    /// A randomly initialised model, or every problem of the config (the dimensions, and tables
-    /// that are empty).
-    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<Hoser<B>, HoserConfigError> {
+    /// Every problem [`HoserConfig::try_init`] would report (the dimensions, and tables that are
+    /// empty), without building the model.
+    pub fn check(&self) -> Result<(), HoserConfigError> {
         let mut problems = self.problems();
         for (key, v) in
             [("num_roads", self.num_roads), ("num_road_types", self.num_road_types), ("num_zones", self.num_zones)]
@@ -148,9 +148,12 @@ impl HoserConfig {
                 problems.push((key.to_owned(), "the dataset gives an empty table".to_owned()));
             }
         }
-        if !problems.is_empty() {
-            return Err(HoserConfigError { problems });
-        }
+        if problems.is_empty() { Ok(()) } else { Err(HoserConfigError { problems }) }
+    }
+
+    /// A randomly initialised model, or every problem of the config (see [`HoserConfig::check`]).
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<Hoser<B>, HoserConfigError> {
+        self.check()?;
         let d = self.hidden_dim();
         Ok(Hoser {
             road_network_encoder: RoadNetworkEncoder::new(self, device),
