@@ -369,6 +369,14 @@ impl Plan {
         // In overfit mode an epoch is one window of the same first batch.
         let batches_per_epoch = if overfit { accum } else { n.div_ceil(t.batch_size) };
         let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
+        if accum > batches_per_epoch {
+            // A window never spans two epochs (each has its own order), so the step is cut.
+            tracing::warn!(
+                "training.gradient_accumulation_steps is {accum} but an epoch has only {batches_per_epoch} \
+                 micro-batches of {}: each optimizer step accumulates {batches_per_epoch}",
+                t.batch_size
+            );
+        }
         let total_steps = match (t.max_steps, t.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) => e * steps_per_epoch,
