@@ -11,6 +11,7 @@ pub mod format;
 pub mod module;
 pub mod retention;
 pub mod store;
+pub mod weights;
 
 pub use format::{CheckpointError, CheckpointFile, Kind, Meta, Metric, RunIdentity, SCHEMA_VERSION};
 pub use retention::{Mode, RetentionConfig, TopK};

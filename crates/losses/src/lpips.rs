@@ -44,7 +44,8 @@
 //! dict, float32, under the PyTorch names below. Load the file with [`LpipsWeights::load`] or
 //! [`LpipsConfig::load`]. Other keys in the file (e.g. `scaling_layer.shift`, `lins.0.…`) are
 //! ignored. PyTorch's conv layout `[out, in, kh, kw]` is burn's `Conv2d` layout, so tensors are
-//! used as stored.
+//! used as stored. The file is read by the project's one weights reader,
+//! [`checkpoints::weights::WeightFile`].
 //!
 //! AlexNet (`net: alex`, 2,469,696 trunk + 1,152 head parameters):
 //!
@@ -72,9 +73,9 @@
 //! | `net.slice5.24.weight`, `.26.weight`, `.28.weight` / `.bias` | `[512, 512, 3, 3]` / `[512]` |
 //! | `lin0.model.1.weight` … `lin4.model.1.weight` | `[1, C, 1, 1]`, C = 64, 128, 256, 512, 512 |
 //!
-//! Every tensor must be F32 and finite, and head weights must be non-negative; anything else
-//! is an [`LpipsError`] naming the file and the key. [`LpipsWeights::expected_tensors`] lists
-//! the keys and shapes programmatically.
+//! Every tensor must be F32 (F16 and BF16 are widened to f32) and finite, and head weights must
+//! be non-negative; anything else is an [`LpipsError`] naming the file and the key.
+//! [`LpipsWeights::expected_tensors`] lists the keys and shapes programmatically.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorData};
+use checkpoints::weights::{WeightError, WeightFile};
 use serde::{Deserialize, Serialize};
 
 /// Per-channel shift of the LPIPS scaling layer (RGB), applied as `(x − shift) / scale`.
@@ -347,7 +349,7 @@ pub enum LpipsError {
         /// The trunk being loaded.
         net: LpipsNet,
     },
-    /// A tensor is not stored as F32.
+    /// A tensor is stored in a dtype that is not read (F32, F16 and BF16 are).
     #[error(
         "tensor `{key}` in LPIPS weights file `{}` has dtype {found}, expected F32 (scripts/export_lpips.py writes float32)",
         .path.display()
@@ -394,6 +396,28 @@ pub enum LpipsError {
     },
 }
 
+impl LpipsError {
+    /// The LPIPS error for a problem the shared weights reader found in the `net` file.
+    fn from_weights(e: WeightError, net: LpipsNet) -> Self {
+        match e {
+            WeightError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                LpipsError::NotFound { path, net }
+            }
+            WeightError::Io { path, source } => LpipsError::Io { path, source },
+            WeightError::Format { path, message } => LpipsError::Format { path, reason: message },
+            WeightError::Missing { path, key, expected, .. } => LpipsError::MissingKey { path, key, expected, net },
+            WeightError::Mismatch { path, key, found, expected } => {
+                LpipsError::Shape { path, key, expected, found, net }
+            }
+            WeightError::Dtype { path, key, found } => LpipsError::Dtype { path, key, found },
+            // `LpipsWeights::read` never asks the reader for its unread keys.
+            WeightError::Unexpected { path, keys } => {
+                LpipsError::Format { path, reason: format!("unexpected keys {}", keys.join(", ")) }
+            }
+        }
+    }
+}
+
 /// One named tensor read from a weights file.
 #[derive(Debug, Clone)]
 struct HostTensor {
@@ -424,40 +448,15 @@ impl LpipsWeights {
         out
     }
 
-    /// Reads and checks the `net` weights in the safetensors file at `path`.
+    /// Reads and checks the `net` weights in the safetensors file at `path` (F32 as exported;
+    /// F16 and BF16 are widened to f32, other dtypes refused).
     pub fn read(path: impl AsRef<Path>, net: LpipsNet) -> Result<Self, LpipsError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LpipsError::NotFound { path: path.to_path_buf(), net },
-            _ => LpipsError::Io { path: path.to_path_buf(), source },
-        })?;
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| LpipsError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+        let weight_error = |e: WeightError| LpipsError::from_weights(e, net);
+        let mut file = WeightFile::open(path).map_err(weight_error)?;
         let mut tensors = Vec::new();
         for (key, expected) in Self::expected_tensors(net) {
-            let view = file.tensor(&key).map_err(|e| match e {
-                safetensors::SafeTensorError::TensorNotFound(_) => LpipsError::MissingKey {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    net,
-                },
-                other => LpipsError::Format { path: path.to_path_buf(), reason: other.to_string() },
-            })?;
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(LpipsError::Dtype { path: path.to_path_buf(), key, found: format!("{:?}", view.dtype()) });
-            }
-            if view.shape() != expected.as_slice() {
-                return Err(LpipsError::Shape {
-                    path: path.to_path_buf(),
-                    key,
-                    expected,
-                    found: view.shape().to_vec(),
-                    net,
-                });
-            }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let values = file.read(&key, &expected).map_err(weight_error)?;
             if let Some(index) = values.iter().position(|v| !v.is_finite()) {
                 return Err(LpipsError::NonFinite { path: path.to_path_buf(), key, index });
             }
@@ -468,6 +467,8 @@ impl LpipsWeights {
             }
             tensors.push(HostTensor { shape: expected, values });
         }
+        // Other keys (the scaling layer's buffers, the `lins.N` aliases of the heads) are the
+        // rest of the `lpips` state dict: not read, by design.
         Ok(Self { net, tensors })
     }
 

@@ -6,199 +6,42 @@
 //! stored: [`Generator::save_base`] folds the adapters in first, [`Generator::load_base`] leaves the
 //! adapters as they are.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use checkpoints::weights::{FileKey, WeightFile, load_module, module_tensors, save_tensors};
 
 use crate::generator::Generator;
 
-/// Failure to read or write a base-weights file.
-#[derive(Debug, thiserror::Error)]
-pub enum WeightError {
-    /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid safetensors.
-    #[error("{path}: not a safetensors file: {message}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A base parameter's key is absent from the file.
-    #[error("{path}: missing key {key} (expected shape {expected:?})")]
-    Missing {
-        /// The file.
-        path: PathBuf,
-        /// The parameter's key.
-        key: String,
-        /// The model's shape for it.
-        expected: Vec<usize>,
-    },
-    /// A tensor's shape differs from the model's.
-    #[error("{path}: key {key}: shape {found:?} in the file, the model expects {expected:?}")]
-    Shape {
-        /// The file.
-        path: PathBuf,
-        /// The parameter's key.
-        key: String,
-        /// Shape in the file.
-        found: Vec<usize>,
-        /// Shape in the model.
-        expected: Vec<usize>,
-    },
-    /// A tensor is not f32.
-    #[error("{path}: key {key}: dtype {found}, expected F32")]
-    Dtype {
-        /// The file.
-        path: PathBuf,
-        /// The parameter's key.
-        key: String,
-        /// The file's dtype.
-        found: String,
-    },
-    /// The file holds keys that are no base parameter of this model (a different size or model).
-    #[error("{path}: {} unexpected key(s), not parameters of this generator: {}", keys.len(), keys.join(", "))]
-    Unexpected {
-        /// The file.
-        path: PathBuf,
-        /// The extra keys, sorted.
-        keys: Vec<String>,
-    },
-}
+/// Failure to read or write a base-weights file: the shared [`checkpoints::weights::WeightError`].
+pub use checkpoints::weights::WeightError;
 
-/// Whether a parameter path belongs to a LoRA adapter.
-fn in_adapter(path: &[String]) -> bool {
-    path.iter().any(|p| p == "adapter")
-}
-
-struct Export {
-    path: Vec<String>,
-    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Export {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_owned());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if in_adapter(&self.path) {
-            return;
-        }
-        let data = param.val().into_data();
-        let shape = data.shape.to_vec();
-        // Every float parameter converts to f32 (burn's float elements are f32, f16 or bf16).
-        let values = data.convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        self.tensors.push((self.path.join("."), shape, values));
-    }
-}
-
-struct Import<'a> {
-    path: Vec<String>,
-    file: &'a Path,
-    tensors: &'a SafeTensors<'a>,
-    used: BTreeSet<String>,
-    error: Option<WeightError>,
-}
-
-impl Import<'_> {
-    fn read(&self, key: &str, expected: &[usize]) -> Result<Vec<f32>, WeightError> {
-        let path = || self.file.to_path_buf();
-        let view = self.tensors.tensor(key).map_err(|_| WeightError::Missing {
-            path: path(),
-            key: key.into(),
-            expected: expected.to_vec(),
-        })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(WeightError::Dtype { path: path(), key: key.into(), found: format!("{:?}", view.dtype()) });
-        }
-        if view.shape() != expected {
-            return Err(WeightError::Shape {
-                path: path(),
-                key: key.into(),
-                found: view.shape().to_vec(),
-                expected: expected.to_vec(),
-            });
-        }
-        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-    }
-}
-
-impl<B: Backend> ModuleMapper<B> for Import<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_owned());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if in_adapter(&self.path) || self.error.is_some() {
-            return param;
-        }
-        let key = self.path.join(".");
-        let (id, tensor, mapper) = param.consume();
-        let shape = tensor.dims().to_vec();
-        let value = match self.read(&key, &shape) {
-            Ok(values) => Tensor::<B, D>::from_data(TensorData::new(values, shape), &tensor.device()),
-            Err(e) => {
-                self.error = Some(e);
-                tensor
-            }
-        };
-        self.used.insert(key);
-        Param::from_mapped_value(id, value, mapper)
-    }
+/// The file key of the parameter at `path`: its dotted burn path, or `None` for a LoRA adapter
+/// (adapters are never stored in a base file).
+fn base_key(path: &[String], _rank: usize) -> Option<FileKey> {
+    (!path.iter().any(|p| p == "adapter")).then(|| FileKey::same(path.join(".")))
 }
 
 impl<B: Backend> Generator<B> {
     /// The base parameters with the adapters folded in: `(key, shape, row-major f32 values)` in module
     /// order, keys as in the file written by [`Generator::save_base`].
     pub fn base_state(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        let merged = self.clone().merge_lora();
-        let mut e = Export { path: Vec::new(), tensors: Vec::new() };
-        merged.visit(&mut e);
-        e.tensors
+        module_tensors(&self.clone().merge_lora(), base_key)
     }
 
     /// Writes the base weights (adapters folded in, see [`Generator::merge_lora`]) to a safetensors file (f32).
     pub fn save_base(&self, path: &Path) -> Result<(), WeightError> {
-        checkpoints::atomic::write_f32_safetensors(path, self.base_state())
-            .map_err(|source| WeightError::Io { path: path.into(), source })
+        save_tensors(path, self.base_state())
     }
 
     /// Loads every base parameter from a safetensors file written by [`Generator::save_base`] (or
-    /// converted to its keys and layouts). The adapters stay as they are; trainability follows the
-    /// model's LoRA setting as before. A missing key, a wrong shape or dtype, or a key that is no base
-    /// parameter of this model is an error naming the key(s).
+    /// converted to its keys and layouts; f16 and bf16 are widened to f32). The adapters stay as
+    /// they are; trainability follows the model's LoRA setting as before. A missing key, a wrong
+    /// shape or dtype, or a key that is no base parameter of this model is an error naming the key(s).
     pub fn load_base(self, path: &Path) -> Result<Self, WeightError> {
-        let bytes = std::fs::read(path).map_err(|source| WeightError::Io { path: path.into(), source })?;
-        let tensors = SafeTensors::deserialize(&bytes)
-            .map_err(|e| WeightError::Format { path: path.into(), message: e.to_string() })?;
-        let mut import = Import { path: Vec::new(), file: path, tensors: &tensors, used: BTreeSet::new(), error: None };
-        let model = self.map(&mut import);
-        if let Some(e) = import.error {
-            return Err(e);
-        }
-        let extra: Vec<String> =
-            tensors.names().into_iter().filter(|k| !import.used.contains(*k)).map(String::from).collect();
-        if !extra.is_empty() {
-            let mut keys = extra;
-            keys.sort();
-            return Err(WeightError::Unexpected { path: path.into(), keys });
-        }
+        let mut file = WeightFile::open(path)?;
+        let model = load_module(self, &mut file, base_key)?;
+        file.finish(|_| false)?;
         Ok(model.apply_trainability())
     }
 }
@@ -211,31 +54,22 @@ mod tests {
     use crate::generator::tests::{config, host, max_abs_diff, param_shapes, randomize_adapters};
     use crate::report::lora_adapter_names;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, Tensor};
 
     type B = Flex;
     type AB = Autodiff<Flex>;
 
     /// Rewrites a safetensors file through `edit` on `(key → (shape, f32 values))`.
     fn rewrite(path: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<f32>)>)) {
-        let bytes = std::fs::read(path).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut map: BTreeMap<String, (Vec<usize>, Vec<f32>)> = st
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| {
-                let vals = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                (k, (v.shape().to_vec(), vals))
-            })
-            .collect();
+        let mut file = WeightFile::open(path).unwrap();
+        let mut map = BTreeMap::new();
+        for key in file.keys() {
+            let shape = file.shape(&key).unwrap().to_vec();
+            let values = file.read(&key, &shape).unwrap();
+            map.insert(key, (shape, values));
+        }
         edit(&mut map);
-        let raw: Vec<(String, Vec<usize>, Vec<u8>)> =
-            map.into_iter().map(|(k, (s, v))| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-        let views: Vec<_> = raw
-            .iter()
-            .map(|(k, s, d)| (k.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
-            .collect();
-        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+        save_tensors(path, map.into_iter().map(|(k, (s, v))| (k, s, v)).collect()).unwrap();
     }
 
     #[test]
@@ -302,7 +136,7 @@ mod tests {
         });
         let e = config(false).init::<B>(&device).load_base(&file).unwrap_err();
         match &e {
-            WeightError::Shape { key, found, expected, .. } => {
+            WeightError::Mismatch { key, found, expected, .. } => {
                 assert_eq!(key, "encoder.1.mlp.fc1.weight");
                 assert_eq!((found.as_slice(), expected.as_slice()), ([32, 65].as_slice(), [32, 64].as_slice()));
             }
