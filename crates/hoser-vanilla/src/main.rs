@@ -64,6 +64,8 @@ impl Stage for Vanilla {
             ("optimizer.weight_decay".into(), Value::from(0.1)),
             ("optimizer.scheduler.name".into(), Value::from("cosine")),
             ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
+            // Seed 002 / upstream: `save/{dataset}/seed{seed}/epoch_N` and `best` side by side.
+            ("checkpoint.dir".into(), Value::from(".")),
             ("checkpoint.per_epoch".into(), Value::from(true)),
             ("checkpoint.export_best".into(), Value::from("best")),
         ]

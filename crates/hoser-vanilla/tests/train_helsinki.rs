@@ -41,11 +41,12 @@ fn trains_on_helsinki_test_and_beats_the_successor_baseline() {
     assert!(!out.join("training.jsonl").exists(), "telemetry is not duplicated into save/");
     let tb_files = std::fs::read_dir(&tensorboard).expect("tensorboard_log/{dataset}/seed{seed}").count();
     assert!(tb_files > 0, "TensorBoard event files in tensorboard_log/");
-    let ckpt = out.join("checkpoints");
-    for epoch in 0..20 {
-        assert!(ckpt.join(format!("epoch_{epoch}.safetensors")).is_file(), "epoch_{epoch} missing");
+    // Seed 002's layout: the epoch saves (named from 1, as upstream) and best beside config.yaml.
+    for epoch in 1..=20 {
+        assert!(out.join(format!("epoch_{epoch}.safetensors")).is_file(), "epoch_{epoch} missing");
     }
-    assert!(ckpt.join("best.safetensors").is_file());
+    assert!(!out.join("epoch_0.safetensors").exists() && !out.join("checkpoints").exists());
+    assert!(out.join("best.safetensors").is_file());
 
     let events = events(&log);
     let accs: Vec<f64> = events
