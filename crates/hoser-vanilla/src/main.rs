@@ -10,11 +10,8 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use figment::value::Value;
 use hoser_vanilla::{DataSection, LossSection, ModelSection, VanillaConfig, VanillaTask};
+use trainer::TrainError;
 use trainer::cli::{self, Stage, set_if};
-use trainer::interrupt::Interrupts;
-use trainer::lr_find::{LrFindOptions, LrFindOutcome};
-use trainer::train::Trainer;
-use trainer::{LoopState, StopReason, TrainError};
 
 /// Flags of the hoser-vanilla stage.
 #[derive(Debug, Clone, Args)]
@@ -82,22 +79,10 @@ impl Stage for Vanilla {
         vec![("dataset", config.data.dataset.clone())]
     }
 
-    fn train<B: AutodiffBackend>(
-        config: &VanillaConfig,
-        device: &B::Device,
-        interrupts: Interrupts,
-    ) -> Result<(StopReason, LoopState), TrainError> {
-        let task = task(config)?;
-        let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
-        Ok((summary.reason, summary.state))
-    }
+    type Task<B: AutodiffBackend> = VanillaTask;
 
-    fn lr_find<B: AutodiffBackend>(
-        config: &VanillaConfig,
-        device: &B::Device,
-        options: &LrFindOptions,
-    ) -> Result<LrFindOutcome, TrainError> {
-        Trainer::new(config.loop_config()).lr_find::<B, _>(&task(config)?, device, options)
+    fn task<B: AutodiffBackend>(config: &VanillaConfig, _device: &B::Device) -> Result<VanillaTask, TrainError> {
+        task(config)
     }
 }
 

@@ -10,12 +10,9 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use figment::value::Value;
-use stage1::{DataSection, LossSection, ModelSection, Stage1Config, Stage1Task};
+use stage1::{DataSection, LossSection, ModelSection, Stage1Config, Stage1Model, Stage1Task};
 use trainer::cli::{self, Stage, set_if};
-use trainer::interrupt::Interrupts;
-use trainer::lr_find::{LrFindOptions, LrFindOutcome};
-use trainer::train::Trainer;
-use trainer::{LoopState, StopReason, TrainError};
+use trainer::{LoopState, RunSummary, StopReason, TrainError};
 
 /// Flags of stage 1 (seed 000's names).
 #[derive(Debug, Clone, Args)]
@@ -93,12 +90,14 @@ impl Stage for Stage1 {
         stage1::config::ALIASES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
-    fn train<B: AutodiffBackend>(
-        config: &Stage1Config,
-        device: &B::Device,
-        interrupts: Interrupts,
-    ) -> Result<(StopReason, LoopState), TrainError> {
-        let task = Stage1Task::<B>::new(config, device).map_err(|e| TrainError::Data(e.to_string()))?;
+    type Task<B: AutodiffBackend> = Stage1Task<B>;
+
+    fn task<B: AutodiffBackend>(config: &Stage1Config, device: &B::Device) -> Result<Stage1Task<B>, TrainError> {
+        Stage1Task::<B>::new(config, device).map_err(|e| TrainError::Data(e.to_string()))
+    }
+
+    /// Seed 000's start-up block.
+    fn before_training<B: AutodiffBackend>(config: &Stage1Config, task: &Stage1Task<B>) {
         let (train, val) = task.sizes();
         let t = &config.training;
         eprintln!("{train} training tiles, {val} validation tiles");
@@ -120,7 +119,13 @@ impl Stage for Stage1 {
             eprintln!("Top-{} checkpoint management enabled", config.checkpoint.keep_top_k);
         }
         eprintln!("{}", "=".repeat(80));
-        let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
+    }
+
+    /// Writes the merged generator (`base_model.safetensors`) and seed 000's closing block.
+    fn after_training<B: AutodiffBackend>(
+        config: &Stage1Config,
+        summary: RunSummary<Stage1Model<B>>,
+    ) -> (StopReason, LoopState) {
         let base = config.output_dir.join(stage1::BASE_EXPORT);
         if let Err(e) = stage1::export_base(summary.model, &base) {
             tracing::warn!("could not write the merged generator {}: {e}", base.display());
@@ -133,16 +138,7 @@ impl Stage for Stage1 {
             eprintln!("Best validation loss: {best:.6} at step {step}");
             eprintln!("{}", "=".repeat(80));
         }
-        Ok((summary.reason, summary.state))
-    }
-
-    fn lr_find<B: AutodiffBackend>(
-        config: &Stage1Config,
-        device: &B::Device,
-        options: &LrFindOptions,
-    ) -> Result<LrFindOutcome, TrainError> {
-        let task = Stage1Task::<B>::new(config, device).map_err(|e| TrainError::Data(e.to_string()))?;
-        Trainer::new(config.loop_config()).lr_find::<B, _>(&task, device, options)
+        (summary.reason, summary.state)
     }
 }
 

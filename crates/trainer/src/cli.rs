@@ -18,7 +18,8 @@ use crate::backend::{BackendError, BackendRun, DeviceSpec, compiled_backends, ru
 use crate::config::{self, ConfigErrors, ConfigProblem, ConfigSources, RunConfig, Validate};
 use crate::interrupt::Interrupts;
 use crate::lr_find::{LrFindOptions, LrFindOutcome};
-use crate::train::{LoopState, StopReason, TrainError};
+use crate::task::Task;
+use crate::train::{LoopState, RunSummary, StopReason, TrainError, Trainer};
 
 /// The full config type of stage `S`.
 pub type StageConfig<S> = RunConfig<<S as Stage>::Model, <S as Stage>::Data, <S as Stage>::Loss>;
@@ -69,20 +70,53 @@ pub trait Stage {
         Vec::new()
     }
 
-    /// Builds the task and runs the loop on backend `B`.
-    fn train<B: AutodiffBackend>(
-        config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
-        device: &B::Device,
-        interrupts: Interrupts,
-    ) -> Result<(StopReason, LoopState), TrainError>;
+    /// The stage's task on backend `B`.
+    type Task<B: AutodiffBackend>: Task<B>;
 
-    /// Builds the task and runs the LR range test on backend `B`
-    /// (normally `Trainer::new(config.loop_config()).lr_find::<B, _>(&task, device, options)`).
-    fn lr_find<B: AutodiffBackend>(
+    /// Builds the task on backend `B` (reads and checks the data): the one place a stage
+    /// turns its config into a task, for training and `lr-find` alike.
+    fn task<B: AutodiffBackend>(
         config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
         device: &B::Device,
-        options: &LrFindOptions,
-    ) -> Result<LrFindOutcome, TrainError>;
+    ) -> Result<Self::Task<B>, TrainError>;
+
+    /// Runs once the task is built, before the loop starts (e.g. the stage's start-up lines).
+    fn before_training<B: AutodiffBackend>(
+        _config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
+        _task: &Self::Task<B>,
+    ) {
+    }
+
+    /// What the stage does with a finished run (e.g. exporting a merged model); returns why
+    /// and where the run ended.
+    fn after_training<B: AutodiffBackend>(
+        _config: &RunConfig<Self::Model, Self::Data, Self::Loss>,
+        summary: RunSummary<<Self::Task<B> as Task<B>>::Model>,
+    ) -> (StopReason, LoopState) {
+        (summary.reason, summary.state)
+    }
+}
+
+/// Builds stage `S`'s task and trains it on backend `B`.
+pub fn train<S: Stage, B: AutodiffBackend>(
+    config: &StageConfig<S>,
+    device: &B::Device,
+    interrupts: Interrupts,
+) -> Result<(StopReason, LoopState), TrainError> {
+    let task = S::task::<B>(config, device)?;
+    S::before_training::<B>(config, &task);
+    let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
+    Ok(S::after_training::<B>(config, summary))
+}
+
+/// Builds stage `S`'s task and runs the LR range test on backend `B`.
+pub fn lr_find<S: Stage, B: AutodiffBackend>(
+    config: &StageConfig<S>,
+    device: &B::Device,
+    options: &LrFindOptions,
+) -> Result<LrFindOutcome, TrainError> {
+    let task = S::task::<B>(config, device)?;
+    Trainer::new(config.loop_config()).lr_find::<B, _>(&task, device, options)
 }
 
 /// Pushes the override `key = value` when a stage flag was given (for [`Stage::overrides`]).
@@ -454,7 +488,7 @@ impl<S: Stage> BackendRun for StageWork<'_, S> {
         let dir = &self.config.output_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
-        S::train::<B>(self.config, &device, self.interrupts)
+        train::<S, B>(self.config, &device, self.interrupts)
     }
 }
 
@@ -581,7 +615,7 @@ impl<S: Stage> BackendRun for LrFindWork<'_, S> {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Self::Output {
         tracing::info!("backend: {name}");
-        S::lr_find::<B>(self.config, &device, self.options)
+        lr_find::<S, B>(self.config, &device, self.options)
     }
 }
 

@@ -56,15 +56,20 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
 }
 
 impl std::fmt::Display for TaskError {
-    /// The error's message followed by its causes (`: cause`), as one line.
+    /// The error's message followed by its causes (`: cause`), as one line; a cause whose
+    /// text the message already includes (`#[error("...: {0}")]`) is not repeated.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut line = self.0.to_string();
         let mut cause = self.0.source();
         while let Some(c) = cause {
-            write!(f, ": {c}")?;
+            let text = c.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&line)
     }
 }
 

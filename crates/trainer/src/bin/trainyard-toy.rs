@@ -6,13 +6,10 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use figment::value::Value;
+use trainer::TrainError;
 use trainer::cli::{self, Stage};
 use trainer::config::NoSection;
-use trainer::interrupt::Interrupts;
-use trainer::lr_find::{LrFindOptions, LrFindOutcome};
 use trainer::toy::{ToyConfig, ToyDataConfig, ToyModelConfig, ToyTask};
-use trainer::train::Trainer;
-use trainer::{LoopState, StopReason, TrainError};
 
 /// Flags of the toy stage.
 #[derive(Debug, Clone, Args)]
@@ -35,22 +32,10 @@ impl Stage for Toy {
         args.hidden.map(|h| ("model.hidden".to_string(), Value::from(h as u64))).into_iter().collect()
     }
 
-    fn train<B: AutodiffBackend>(
-        config: &ToyConfig,
-        device: &B::Device,
-        interrupts: Interrupts,
-    ) -> Result<(StopReason, LoopState), TrainError> {
-        let task = ToyTask::new(config);
-        let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
-        Ok((summary.reason, summary.state))
-    }
+    type Task<B: AutodiffBackend> = ToyTask;
 
-    fn lr_find<B: AutodiffBackend>(
-        config: &ToyConfig,
-        device: &B::Device,
-        options: &LrFindOptions,
-    ) -> Result<LrFindOutcome, TrainError> {
-        Trainer::new(config.loop_config()).lr_find::<B, _>(&ToyTask::new(config), device, options)
+    fn task<B: AutodiffBackend>(config: &ToyConfig, _device: &B::Device) -> Result<ToyTask, TrainError> {
+        Ok(ToyTask::new(config))
     }
 }
 
