@@ -267,9 +267,18 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let ms_ssim = MsSsimConfig::default();
         let generator = config.model.generator();
         let side = min_tile_side(&ms_ssim);
-        let train_min = loss.is_active("ms_ssim").then_some((side, "MS-SSIM (loss.ms_ssim_weight)"));
+        // LPIPS's trunk (AlexNet / VGG) needs a minimum input too, in training and validation.
+        let lpips = loss
+            .is_active("lpips")
+            .then(|| (config.loss.lpips.net.min_input_size(), "LPIPS (loss.lpips_weight, its loss.lpips.net)"));
+        let largest = |a: Option<(usize, &'static str)>, b: Option<(usize, &'static str)>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let train_min = largest(loss.is_active("ms_ssim").then_some((side, "MS-SSIM (loss.ms_ssim_weight)")), lpips);
+        let val_min = largest(Some((side, "MS-SSIM (the validation metric ms_ssim)")), lpips);
         check_tile_set("training", &train, data, &generator, train_min)?;
-        check_tile_set("validation", &val, data, &generator, Some((side, "MS-SSIM (the validation metric ms_ssim)")))?;
+        check_tile_set("validation", &val, data, &generator, val_min)?;
 
         let standardization =
             if config.model.standardize { Standardization::terramind_v1() } else { Standardization::none() };

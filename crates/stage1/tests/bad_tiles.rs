@@ -18,7 +18,12 @@ const LOWVR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/train/st
 fn template(size: usize) -> &'static Path {
     static T32: OnceLock<tempfile::TempDir> = OnceLock::new();
     static T8: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let cell = if size == 32 { &T32 } else { &T8 };
+    static T16: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let cell = match size {
+        32 => &T32,
+        16 => &T16,
+        _ => &T8,
+    };
     cell.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         stage1::write_synthetic_tiles(dir.path(), 6, 64, size, 5).expect("synthetic tiles");
@@ -179,6 +184,18 @@ fn tiles_of_another_size_or_too_small_are_config_errors_naming_the_minimum() {
     // 8x8 tiles fit the test model's 8 px patches but not MS-SSIM's 11x11 window.
     let (_tmp, data) = copy_of(8);
     refused_before_training(&data, &[], &["8x8", "11x11", "MS-SSIM", ".npz"]);
+
+    // 16 px tiles pass MS-SSIM's window but not LPIPS AlexNet's minimum input, which would
+    // panic inside the trunk: refused before the weights are even read.
+    let (_tmp, data) = copy_of(16);
+    let any_file = nth(&data, "train", 0);
+    let weights = format!("loss.lpips.weights={}", any_file.display());
+    let min = losses::lpips::LpipsNet::Alex.min_input_size();
+    refused_before_training(
+        &data,
+        &["--set", "loss.lpips_weight=0.1", "--set", "loss.lpips.net=alex", "--set", &weights],
+        &["16x16", &format!("{min}x{min}"), "LPIPS"],
+    );
 }
 
 #[test]
