@@ -443,18 +443,9 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         {
             p.push(problem("resume.path", format!("checkpoint {} does not exist", path.display())));
         }
-        let c = &self.checkpoint;
-        if c.every_n_steps == Some(0) {
-            p.push(problem("checkpoint.every_n_steps", "expected a positive step count or null"));
-        }
-        if c.export_best.as_deref().is_some_and(|s| s.is_empty() || s.contains(['/', '\\'])) {
-            p.push(problem("checkpoint.export_best", "expected a plain file stem such as `best`, or null"));
-        }
-        if c.top_k_monitor.is_some() && c.top_k_mode.is_none() {
-            p.push(problem("checkpoint.top_k_mode", "required with checkpoint.top_k_monitor: min or max"));
-        }
-        if c.top_k_monitor.as_deref().is_some_and(str::is_empty) {
-            p.push(problem("checkpoint.top_k_monitor", "expected a metric name, or null"));
+        // The retention settings check themselves (directories, counts, names).
+        for f in self.checkpoint.problems() {
+            p.push(problem(&format!("checkpoint.{}", f.key), f.message));
         }
         self.early_stopping.validate(p);
         self.spike_guard.validate(p);
@@ -923,6 +914,16 @@ mod tests {
         let e = load("training:\n  max_steps: 5\n  batch_size: 4294967296\n").unwrap_err();
         assert_eq!(e.0[0].key, "training.batch_size", "{e}");
         assert!(load("training:\n  max_steps: 5\n  gradient_accumulation_steps: 4294967295\n").is_ok());
+    }
+
+    #[test]
+    fn checkpoint_directories_outside_the_run_and_zero_keep_counts_are_refused() {
+        let e = load("training:\n  max_steps: 5\ncheckpoint:\n  dir: ../elsewhere\n  keep_last_n_steps: 0\n")
+            .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["checkpoint.dir", "checkpoint.keep_last_n_steps"], "{e}");
+        assert!(e.0[0].message.contains("../elsewhere") && e.0[0].message.contains(".."), "{e}");
+        assert!(load("training:\n  max_steps: 5\ncheckpoint:\n  dir: .\n").is_ok());
     }
 
     #[test]
