@@ -918,8 +918,8 @@ mod tests {
 
     #[test]
     fn checkpoint_directories_outside_the_run_and_zero_keep_counts_are_refused() {
-        let e = load("training:\n  max_steps: 5\ncheckpoint:\n  dir: ../elsewhere\n  keep_last_n_steps: 0\n")
-            .unwrap_err();
+        let e =
+            load("training:\n  max_steps: 5\ncheckpoint:\n  dir: ../elsewhere\n  keep_last_n_steps: 0\n").unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["checkpoint.dir", "checkpoint.keep_last_n_steps"], "{e}");
         assert!(e.0[0].message.contains("../elsewhere") && e.0[0].message.contains(".."), "{e}");
