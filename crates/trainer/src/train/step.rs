@@ -164,10 +164,12 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
     /// model and what the step measured.
     pub(super) fn step(&mut self, model: T::Model, window: &[&[usize]]) -> Result<(T::Model, StepDone), TrainError> {
         let started = Instant::now();
-        let (cfg, t) = (self.cfg.clone(), self.cfg.training);
-        reseed_for_step::<B>(self.device, cfg.seed, self.st.step);
+        // The config sections are shared references: copied out, they outlive the `&mut self`
+        // calls below without cloning the whole config (its resolved YAML) every step.
+        let (t, debug, swa, optimizer) = (self.cfg.training, self.cfg.debug, self.cfg.swa, self.cfg.optimizer);
+        reseed_for_step::<B>(self.device, self.cfg.seed, self.st.step);
         let step = self.st.step + 1;
-        let log_memory = cfg.logging.memory_every.is_some_and(|n| step.is_multiple_of(n));
+        let log_memory = self.cfg.logging.memory_every.is_some_and(|n| step.is_multiple_of(n));
         if log_memory {
             self.tel.memory(step, "Before Forward")?;
         }
@@ -182,7 +184,7 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
         if let Some(max_norm) = t.gradient_clip_norm {
             grads::clip_global_norm::<B, T::Model>(&model, &mut gradients, grad_norm, max_norm);
         }
-        if offender.is_none() && cfg.debug.detect_anomaly {
+        if offender.is_none() && debug.detect_anomaly {
             offender =
                 metrics.iter().find(|(_, v)| !v.is_finite()).map(|(k, v)| format!("loss component `{k}` is {v}"));
         }
@@ -207,20 +209,20 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
             .swa
             .as_ref()
             .and_then(|_| {
-                cfg.swa.lr_at(
+                swa.lr_at(
                     self.st.step,
                     plan.swa_start,
                     self.scheduler.lr_at(plan.index(plan.swa_start.saturating_sub(1))),
                 )
             })
             .unwrap_or_else(|| self.scheduler.lr_at(at));
-        let momentum = self.scheduler.momentum_at(at).unwrap_or(cfg.optimizer.betas[0]);
+        let momentum = self.scheduler.momentum_at(at).unwrap_or(optimizer.betas[0]);
         if momentum != self.beta_1 {
             // OneCycle and cyclical schedules move Adam's β1 inversely to the LR (torch sets
             // `betas[0]`); burn fixes β1 at construction, so the optimizer is rebuilt around its
             // state whenever β1 changes.
             self.beta_1 = momentum;
-            self.optim = adamw::<B, T::Model>(cfg.optimizer, momentum).load_record(self.optim.to_record());
+            self.optim = adamw::<B, T::Model>(optimizer, momentum).load_record(self.optim.to_record());
         }
         let model = self.optim.step(lr, model, gradients);
         self.st.step += 1;
