@@ -130,8 +130,13 @@ pub struct TrainingConfig {
     pub gradient_clip_value: Option<f64>,
     /// Validate every N optimizer steps; `null` validates at the end of every epoch.
     pub val_every: Option<u64>,
-    /// Numeric precision of the run.
+    /// Numeric precision of the run (see [`TrainingConfig::effective_precision`]).
     pub precision: Precision,
+    /// Mixed precision (seed 001's `training.mixed_precision`): when true the run computes in
+    /// `amp_dtype` with loss scaling; when false, in `precision`.
+    pub mixed_precision: bool,
+    /// The half-precision type of mixed precision (seed 001's `training.amp_dtype`).
+    pub amp_dtype: AmpDtype,
 }
 
 impl Default for TrainingConfig {
@@ -146,8 +151,45 @@ impl Default for TrainingConfig {
             gradient_clip_value: None,
             val_every: None,
             precision: Precision::F32,
+            mixed_precision: false,
+            amp_dtype: AmpDtype::Float16,
         }
     }
+}
+
+impl TrainingConfig {
+    /// The precision the run computes in: `amp_dtype` when `mixed_precision` is on, else `precision`.
+    pub fn effective_precision(&self) -> Precision {
+        if self.mixed_precision {
+            match self.amp_dtype {
+                AmpDtype::Float16 => Precision::F16,
+                AmpDtype::Bfloat16 => Precision::Bf16,
+            }
+        } else {
+            self.precision
+        }
+    }
+}
+
+impl Precision {
+    /// The name written in configs and logs (`f32`, `f16`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The half-precision type of `training.amp_dtype` (PyTorch's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmpDtype {
+    /// IEEE half precision (`torch.float16`).
+    Float16,
+    /// bfloat16 (`torch.bfloat16`).
+    Bfloat16,
 }
 
 /// Numeric precision of parameters and computation.
@@ -381,11 +423,27 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         if t.val_every == Some(0) {
             p.push(problem("training.val_every", "expected a positive step count or null"));
         }
-        if t.precision != Precision::F32 {
+        if t.mixed_precision && t.precision != Precision::F32 {
             p.push(problem(
                 "training.precision",
-                "only f32 is implemented so far; f16/bf16 need the mixed-precision support \
-                 (loss scaling) that is not built yet",
+                format!(
+                    "is {} while training.mixed_precision is on (which computes in training.amp_dtype); \
+                     set one of them",
+                    t.precision.name()
+                ),
+            ));
+        } else if t.effective_precision() != Precision::F32 {
+            let (key, asked) = if t.mixed_precision {
+                ("training.mixed_precision", format!("true asks for {} autocast", t.effective_precision().name()))
+            } else {
+                ("training.precision", format!("{} was asked for", t.precision.name()))
+            };
+            p.push(problem(
+                key,
+                format!(
+                    "{asked}, but only f32 is implemented so far: f16/bf16 need the mixed-precision support \
+                     (loss scaling) that is not built yet; set training.mixed_precision: false to train in f32"
+                ),
             ));
         }
         let o = &self.optimizer;
@@ -881,6 +939,22 @@ mod tests {
             Some("optimizer.scheduler.name")
         );
         assert_eq!(unalias(&aliases(), "training.stepsize"), None, "prefixes match whole segments");
+    }
+
+    #[test]
+    fn mixed_precision_is_refused_by_name_until_it_exists() {
+        let c = load("training:\n  max_steps: 3\n  mixed_precision: false\n  amp_dtype: float16\n").unwrap();
+        assert_eq!(c.training.effective_precision(), Precision::F32);
+        let e = load("training:\n  max_steps: 3\n  mixed_precision: true\n").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "training.mixed_precision", "{e}");
+        assert!(e.0[0].message.contains("f16") && e.0[0].message.contains("only f32"), "{e}");
+        let e = load("training:\n  max_steps: 3\n  mixed_precision: true\n  amp_dtype: bfloat16\n").unwrap_err();
+        assert!(e.0[0].message.contains("bf16"), "{e}");
+        let e = load("training:\n  max_steps: 3\n  precision: bf16\n").unwrap_err();
+        assert_eq!(e.0[0].key, "training.precision", "{e}");
+        let e = load("training:\n  max_steps: 3\n  amp_dtype: float8\n").unwrap_err();
+        assert_eq!(e.0[0].key, "training.amp_dtype", "{e}");
     }
 
     #[test]

@@ -625,7 +625,7 @@ impl<'r, B: AutodiffBackend, T: Task<B>> Run<'r, B, T> {
                 json!({
                     "seed": cfg.seed, "train_samples": plan.n, "batch_size": t.batch_size,
                     "gradient_accumulation_steps": plan.accum, "steps_per_epoch": plan.steps_per_epoch,
-                    "total_steps": plan.total_steps, "parameters": model.num_params(), "precision": "f32",
+                    "total_steps": plan.total_steps, "parameters": model.num_params(), "precision": t.effective_precision().name(),
                     "selection": plan.selection, "identity": self.identity,
                     "overfit_single_batch": plan.overfit,
                 }),
@@ -652,12 +652,13 @@ impl<'r, B: AutodiffBackend, T: Task<B>> Run<'r, B, T> {
             }
         }
         tracing::info!(
-            "training {} parameters for {} optimizer steps ({} per epoch, batch {} x {} accumulation), precision f32",
+            "training {} parameters for {} optimizer steps ({} per epoch, batch {} x {} accumulation), precision {}",
             model.num_params(),
             plan.total_steps,
             plan.steps_per_epoch,
             t.batch_size,
             plan.accum,
+            t.effective_precision().name(),
         );
         Ok(())
     }
