@@ -354,6 +354,10 @@ pub struct DebugConfig {
     /// Pause inside every checkpoint save, after the data is durable and before it becomes
     /// visible (widens the window for crash tests; 0 in real runs).
     pub save_delay_ms: u64,
+    /// Validate the untrained model at step 0 of a fresh run (seed 001's
+    /// `debug.validate_before_training`; HF's `eval_on_start`). It is logged like any
+    /// validation but is a baseline: it neither sets the best nor feeds early stopping.
+    pub validate_before_training: bool,
 }
 
 impl Validate for NoSection {

@@ -315,3 +315,26 @@ fn memory_is_logged_around_steps_and_validations() {
         assert_eq!(first["total_bytes"].as_u64(), Some(kib * 1024), "MemTotal from /proc/meminfo");
     }
 }
+
+#[test]
+fn validate_before_training_logs_a_baseline_that_is_not_the_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = toy_config(dir.path());
+    config.debug.validate_before_training = true;
+    config.training.max_steps = Some(50);
+    let summary = train(&config);
+    let vals = events(dir.path(), "validation");
+    let steps: Vec<u64> = vals.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 25, 50], "a baseline at step 0, then the usual validations");
+    assert_eq!(vals[0]["is_best"], false, "the baseline never becomes the best model");
+    assert!(vals[0]["metrics"]["val_loss"].as_f64().unwrap() > vals[2]["metrics"]["val_loss"].as_f64().unwrap());
+    assert!(summary.state.best.is_some_and(|(step, _)| step > 0));
+
+    // Off by default: no step-0 validation.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = toy_config(other.path());
+    config.training.max_steps = Some(25);
+    train(&config);
+    let steps: Vec<u64> = events(other.path(), "validation").iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [25]);
+}

@@ -97,7 +97,7 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
             step >= self.plan.total_steps || (epoch_done && t.epochs.is_some_and(|e| self.st.epoch + 1 >= e));
         // The final weights are always evaluated, so the best model is never stale.
         if !aborted && (validate_now || (out_of_budget && interrupted.is_none())) {
-            let validated = match self.validate(model, done.lr)? {
+            let validated = match self.validate(model, done.lr, false)? {
                 Ok(v) => v,
                 Err(e) => return Err(self.fail_task(model, "validating", step, e)),
             };
@@ -189,10 +189,31 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
         Ok(())
     }
 
+    /// `debug.validate_before_training`: validates the untrained model at step 0 and logs it
+    /// as a baseline (no best, no stop policies, no checkpoint).
+    pub(super) fn validate_baseline(&mut self, model: &T::Model, lr: f64) -> Result<(), TrainError> {
+        match self.validate(model, lr, true)? {
+            Ok(v) => {
+                self.tel.message(&format!(
+                    "validation before training (baseline, step 0): {} = {:.6}",
+                    self.plan.selection.metric, v.value
+                ));
+                Ok(())
+            }
+            Err(e) => Err(self.fail_task(model, "validating before training", 0, e)),
+        }
+    }
+
     /// Runs validation of the model (and of the EMA / SWA averages, as `ema_*` / `swa_*`),
-    /// reports it, updates the best, and consults the stop policies. A task error comes back
-    /// as the inner `Err`, for the caller to checkpoint and stop on.
-    fn validate(&mut self, model: &T::Model, lr: f64) -> Result<Result<Validated, TaskError>, TrainError> {
+    /// reports it, updates the best, and consults the stop policies (unless `baseline`: a
+    /// validation before training is only reported). A task error comes back as the inner
+    /// `Err`, for the caller to checkpoint and stop on.
+    fn validate(
+        &mut self,
+        model: &T::Model,
+        lr: f64,
+        baseline: bool,
+    ) -> Result<Result<Validated, TaskError>, TrainError> {
         let (task, device) = (self.task, self.device);
         let log_memory = self.cfg.logging.memory_every.is_some();
         let step = self.st.step;
@@ -239,11 +260,14 @@ impl<B: AutodiffBackend, T: Task<B>> Run<'_, B, T> {
             metric: selection.metric.clone(),
             available: metrics.keys().cloned().collect::<Vec<_>>().join(", "),
         })?;
-        let is_best = self.st.best.is_none_or(|(_, best)| selection.mode.is_better(value, best));
+        let is_best = !baseline && self.st.best.is_none_or(|(_, best)| selection.mode.is_better(value, best));
         if is_best {
             self.st.best = Some((step, value));
         }
         self.tel.validation(step, self.st.epoch, lr, &metrics, is_best)?;
+        if baseline {
+            return Ok(Ok(Validated { value, is_best, stop: None, metrics }));
+        }
         let mut stop = None;
         let validation = Validation { step, epoch: self.st.epoch, lr, metrics: &metrics };
         let min_steps = self.cfg.training.min_steps;

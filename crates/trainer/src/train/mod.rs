@@ -671,6 +671,10 @@ impl<'r, B: AutodiffBackend, T: Task<B>> Run<'r, B, T> {
         if finished {
             return Ok((model, StopReason::Budget));
         }
+        if self.cfg.debug.validate_before_training && self.st.step == 0 && self.st.position == 0 {
+            let lr = self.scheduler.lr_at(self.plan.index(0));
+            self.validate_baseline(&model, lr)?;
+        }
         loop {
             let n = self.plan.n;
             let order = if self.plan.overfit { (0..n).collect() } else { epoch_order(self.cfg.seed, self.st.epoch, n) };
