@@ -286,27 +286,30 @@ fn read_plane<R: Read + std::io::Seek>(
 }
 
 /// Parsed NPY header.
-struct NpyHeader {
-    descr: String,
-    fortran_order: bool,
-    shape: Vec<usize>,
-    data_offset: usize,
+pub(crate) struct NpyHeader {
+    pub(crate) descr: String,
+    pub(crate) fortran_order: bool,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data_offset: usize,
+}
+
+/// Item size and dtype of an array we can read (C order, `<f4` or `<f2`); otherwise what is wrong.
+pub(crate) fn npy_dtype(header: &NpyHeader) -> Result<(usize, Dtype), String> {
+    if header.fortran_order {
+        return Err("fortran_order arrays are not supported; save the array in C order".into());
+    }
+    match header.descr.as_str() {
+        "<f4" => Ok((4, Dtype::F32)),
+        "<f2" => Ok((2, Dtype::F16)),
+        other => {
+            Err(format!("dtype `{other}` is not supported; expected little-endian float32 `<f4` or float16 `<f2`"))
+        }
+    }
 }
 
 /// Item size, dtype and `(H, W)` of a header we can read; otherwise what is wrong.
 fn check_npy_header(header: &NpyHeader) -> Result<(usize, Dtype, (usize, usize)), String> {
-    if header.fortran_order {
-        return Err("fortran_order arrays are not supported; save the array in C order".into());
-    }
-    let (item, dtype) = match header.descr.as_str() {
-        "<f4" => (4, Dtype::F32),
-        "<f2" => (2, Dtype::F16),
-        other => {
-            return Err(format!(
-                "dtype `{other}` is not supported; expected little-endian float32 `<f4` or float16 `<f2`"
-            ));
-        }
-    };
+    let (item, dtype) = npy_dtype(header)?;
     if header.shape.len() != 2 {
         return Err(format!(
             "expected a 2-D (H, W) array, found rank {} with shape {:?}",
@@ -326,16 +329,21 @@ fn parse_npy(bytes: &[u8]) -> Result<Plane, String> {
     if data.len() != needed {
         return Err(format!("shape ({h}, {w}) needs {needed} data bytes, the entry has {}", data.len()));
     }
-    let values = if item == 4 {
+    Ok(Plane { shape: (h, w), data: decode_values(data, item) })
+}
+
+/// Little-endian `<f4` (`item` 4) or `<f2` (`item` 2) samples widened to `f32`; a trailing
+/// partial item is ignored (callers check the length first).
+pub(crate) fn decode_values(data: &[u8], item: usize) -> Vec<f32> {
+    if item == 4 {
         data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     } else {
         data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-    };
-    Ok(Plane { shape: (h, w), data: values })
+    }
 }
 
 /// Where the header of an NPY array ends (its data starts), from its first 10–12 bytes.
-fn npy_header_end(bytes: &[u8]) -> Result<usize, String> {
+pub(crate) fn npy_header_end(bytes: &[u8]) -> Result<usize, String> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not an NPY array (bad magic)".into());
@@ -352,7 +360,8 @@ fn npy_header_end(bytes: &[u8]) -> Result<usize, String> {
     }
 }
 
-fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+/// Parses the header of an NPY array from its first bytes (at least up to [`npy_header_end`]).
+pub(crate) fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
     let end = npy_header_end(bytes)?;
     let start = if bytes[6] == 1 { 10 } else { 12 };
     if bytes.len() < end {
@@ -471,7 +480,15 @@ impl HeaderScanner<'_> {
 
 /// Encodes one `(h, w)` plane as NPY v1.0 bytes.
 fn encode_npy(out: &mut Vec<u8>, plane: &[f32], h: usize, w: usize, dtype: Dtype) {
-    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': ({h}, {w}), }}", dtype.descr());
+    encode_npy_shape(out, plane, &[h, w], dtype);
+}
+
+/// Encodes a C-order array of `shape` (at least one dimension) as NPY v1.0 bytes.
+pub(crate) fn encode_npy_shape(out: &mut Vec<u8>, plane: &[f32], shape: &[usize], dtype: Dtype) {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    // Python's tuple syntax: `(5,)` for one dimension, `(4, 32, 32)` for more.
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {tuple}, }}", dtype.descr());
     // numpy pads the header with spaces so that the data starts on a 64-byte boundary.
     let unpadded = 10 + dict.len() + 1;
     let total = unpadded.div_ceil(64) * 64;
