@@ -91,6 +91,31 @@ impl LoraConfig {
     }
 }
 
+impl LoraConfig {
+    /// Problems with the adapter settings, as `(key, message)` with keys `lora.rank`, `lora.alpha`,
+    /// `lora.dropout` and `lora.target_modules`; empty when valid.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut push = |key: &str, message: String| p.push((key.to_owned(), message));
+        if self.rank == 0 {
+            push("lora.rank", "must be at least 1".into());
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            push("lora.alpha", format!("must be a positive number, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            push("lora.dropout", format!("must be in [0, 1), got {}", self.dropout));
+        }
+        if self.enabled && self.target_modules.is_empty() {
+            push("lora.target_modules", "must name at least one module when lora.enabled is true".into());
+        }
+        if self.target_modules.iter().any(|t| t.trim().is_empty()) {
+            push("lora.target_modules", "an empty name would match every layer".into());
+        }
+        p
+    }
+}
+
 /// The conditional residual denoiser (see [`crate::denoiser`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -148,21 +173,8 @@ impl GeneratorConfig {
         if self.out_channels == 0 {
             push("out_channels", "must be at least 1".into());
         }
-        let l = &self.lora;
-        if l.rank == 0 {
-            push("lora.rank", "must be at least 1".into());
-        }
-        if !(l.alpha.is_finite() && l.alpha > 0.0) {
-            push("lora.alpha", format!("must be a positive number, got {}", l.alpha));
-        }
-        if !(0.0..1.0).contains(&l.dropout) {
-            push("lora.dropout", format!("must be in [0, 1), got {}", l.dropout));
-        }
-        if l.enabled && l.target_modules.is_empty() {
-            push("lora.target_modules", "must name at least one module when lora.enabled is true".into());
-        }
-        if l.target_modules.iter().any(|t| t.trim().is_empty()) {
-            push("lora.target_modules", "an empty name would match every layer".into());
+        for (key, message) in self.lora.problems() {
+            push(&key, message);
         }
         let d = &self.denoiser;
         if d.channels == 0 || !d.channels.is_multiple_of(2) {

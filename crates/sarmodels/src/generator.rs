@@ -44,6 +44,33 @@ pub enum ModelError {
     /// The configuration does not validate: `(key, message)` per problem.
     #[error("invalid generator config: {}", .0.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))]
     InvalidConfig(Vec<(String, String)>),
+    /// A grounding input has the wrong number of channels (SAR 2, optical 4).
+    #[error("{input} input has {got} channels, the grounding model expects {expected}")]
+    GroundingChannels {
+        /// Which input: `SAR` or `optical`.
+        input: &'static str,
+        /// The channels the model expects.
+        expected: usize,
+        /// The input's channels.
+        got: usize,
+    },
+    /// The SAR and optical inputs of the grounding model differ in batch size, height or width.
+    #[error("SAR input {sar:?} and optical input {opt:?} must have the same batch size, height and width")]
+    GroundingShapes {
+        /// `[b, c, H, W]` of the SAR input.
+        sar: [usize; 4],
+        /// `[b, c, H, W]` of the optical input.
+        opt: [usize; 4],
+    },
+    /// The grounding model was asked for zero passes (stage 3's `timesteps`), which would not run it.
+    #[error("grounding passes (timesteps) must be at least 1, got {passes}")]
+    Passes {
+        /// The requested passes.
+        passes: usize,
+    },
+    /// The grounding model's configuration does not validate: `(key, message)` per problem.
+    #[error("invalid grounding model config: {}", .0.iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))]
+    InvalidGroundingConfig(Vec<(String, String)>),
     /// The number of DDIM sampling steps is outside `1..=train_timesteps`.
     #[error("{steps} sampling steps requested, must be between 1 and train_timesteps = {train_timesteps}")]
     SamplingSteps {
@@ -112,7 +139,7 @@ impl GeneratorConfig {
     }
 }
 
-fn check_patch_multiple(patch: usize, h: usize, w: usize) -> Result<(), ModelError> {
+pub(crate) fn check_patch_multiple(patch: usize, h: usize, w: usize) -> Result<(), ModelError> {
     if h == 0 || w == 0 || !h.is_multiple_of(patch) || !w.is_multiple_of(patch) {
         return Err(ModelError::PatchMultiple { height: h, width: w, patch });
     }
@@ -120,7 +147,7 @@ fn check_patch_multiple(patch: usize, h: usize, w: usize) -> Result<(), ModelErr
 }
 
 /// LayerNorm without bias (burn's `LayerNormConfig::with_bias(false)`), eps [`NORM_EPS`]: parameter `gamma` only.
-fn norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {
+pub(crate) fn norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(d).with_epsilon(NORM_EPS).with_bias(false).init(device)
 }
 
@@ -157,7 +184,7 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn new(name: &str, d: usize, heads: usize, lora: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(name: &str, d: usize, heads: usize, lora: &LoraConfig, device: &B::Device) -> Self {
         Self {
             qkv: LoraLinear::new(format!("{name}.qkv"), d, 3 * d, true, lora, device),
             proj: LoraLinear::new(format!("{name}.proj"), d, d, true, lora, device),
@@ -198,7 +225,7 @@ pub struct CrossAttention<B: Backend> {
 }
 
 impl<B: Backend> CrossAttention<B> {
-    fn new(name: &str, d: usize, heads: usize, lora: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(name: &str, d: usize, heads: usize, lora: &LoraConfig, device: &B::Device) -> Self {
         Self {
             q: LoraLinear::new(format!("{name}.q"), d, d, true, lora, device),
             kv: LoraLinear::new(format!("{name}.kv"), d, 2 * d, true, lora, device),
@@ -230,7 +257,7 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn new(name: &str, d: usize, hidden: usize, lora: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(name: &str, d: usize, hidden: usize, lora: &LoraConfig, device: &B::Device) -> Self {
         Self {
             fc1: LoraLinear::new(format!("{name}.fc1"), d, hidden, true, lora, device),
             fc2: LoraLinear::new(format!("{name}.fc2"), hidden, d, true, lora, device),
@@ -257,7 +284,14 @@ pub struct EncoderBlock<B: Backend> {
 }
 
 impl<B: Backend> EncoderBlock<B> {
-    fn new(name: &str, d: usize, heads: usize, hidden: usize, lora: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        d: usize,
+        heads: usize,
+        hidden: usize,
+        lora: &LoraConfig,
+        device: &B::Device,
+    ) -> Self {
         Self {
             norm1: norm(d, device),
             attn: Attention::new(&format!("{name}.attn"), d, heads, lora, device),
@@ -294,7 +328,14 @@ pub struct DecoderBlock<B: Backend> {
 }
 
 impl<B: Backend> DecoderBlock<B> {
-    fn new(name: &str, d: usize, heads: usize, hidden: usize, lora: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        d: usize,
+        heads: usize,
+        hidden: usize,
+        lora: &LoraConfig,
+        device: &B::Device,
+    ) -> Self {
         Self {
             norm1: norm(d, device),
             self_attn: Attention::new(&format!("{name}.self_attn"), d, heads, lora, device),
@@ -376,30 +417,29 @@ impl<B: Backend> Generator<B> {
         if let Err(e) = self.check_input(h, w) {
             panic!("{e}");
         }
-        let (p, d) = (self.patch_size, self.dim);
-        let (gh, gw) = (h / p, w / p);
-        let n = gh * gw;
-        let device = sar.device();
-
-        let patches = sar.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, n, c * p * p]);
-        let pos = Tensor::<B, 3>::from_data(TensorData::new(sincos_pos_embed_2d(d, gh, gw), [1, n, d]), &device);
-
-        let mut x = self.patch_embed.proj.forward(patches) + pos.clone() + self.input_modality_embed.val();
-        for block in &self.encoder {
-            x = block.forward(x);
-        }
-        let x = self.encoder_norm.forward(x);
-
-        let context = self.decoder_proj_context.forward(x) + pos.clone();
+        let Encoded { context, pos, gh, gw } = self.encode(sar);
         let queries = (self.mask_token.val() + self.output_modality_embed.val() + pos).repeat_dim(0, b);
         let mut y = queries;
         for block in &self.decoder {
             y = block.forward(y, context.clone());
         }
         let y = self.head.forward(self.decoder_norm.forward(y));
+        unpatchify(y, gh, gw, self.out_channels, self.patch_size)
+    }
 
-        let o = self.out_channels;
-        y.reshape([b, gh, gw, o, p, p]).permute([0, 3, 1, 4, 2, 5]).reshape([b, o, h, w])
+    /// The SAR half of [`Generator::forward`]: the decoder context and the positional embedding of
+    /// the patch grid. The input is assumed checked (channels, patch multiple).
+    pub(crate) fn encode(&self, sar: Tensor<B, 4>) -> Encoded<B> {
+        SarEncoder {
+            patch_embed: &self.patch_embed,
+            input_modality_embed: &self.input_modality_embed,
+            encoder: &self.encoder,
+            encoder_norm: &self.encoder_norm,
+            decoder_proj_context: &self.decoder_proj_context,
+            dim: self.dim,
+            patch_size: self.patch_size,
+        }
+        .encode(sar)
     }
 
     /// Every linear layer, in module order.
@@ -470,6 +510,67 @@ impl<B: Backend> Generator<B> {
         let frozen_base = self.lora_enabled;
         apply_trainability(self, frozen_base)
     }
+}
+
+/// The SAR context of a batch and the positional embedding of its patch grid (see [`SarEncoder::encode`]).
+pub(crate) struct Encoded<B: Backend> {
+    /// `decoder_proj_context(encoder_norm(encoder(tokens))) + pos`, `[b, n, d]`.
+    pub context: Tensor<B, 3>,
+    /// The 2-D sin-cos positional embedding, `[1, n, d]`.
+    pub pos: Tensor<B, 3>,
+    /// Patch rows.
+    pub gh: usize,
+    /// Patch columns.
+    pub gw: usize,
+}
+
+/// Borrowed SAR-encoder layers, shared by [`Generator`] and the grounding model so both compute the
+/// context with the same operations.
+pub(crate) struct SarEncoder<'a, B: Backend> {
+    pub patch_embed: &'a PatchEmbed<B>,
+    pub input_modality_embed: &'a Param<Tensor<B, 3>>,
+    pub encoder: &'a [EncoderBlock<B>],
+    pub encoder_norm: &'a LayerNorm<B>,
+    pub decoder_proj_context: &'a LoraLinear<B>,
+    pub dim: usize,
+    pub patch_size: usize,
+}
+
+impl<B: Backend> SarEncoder<'_, B> {
+    /// `context = decoder_proj_context(encoder_norm(encoder(patch_embed(sar) + pos + input_modality_embed))) + pos`.
+    /// `sar`: `[b, c, H, W]` with H, W multiples of the patch size (not checked here).
+    pub(crate) fn encode(&self, sar: Tensor<B, 4>) -> Encoded<B> {
+        let [_, _, h, w] = sar.dims();
+        let (p, d) = (self.patch_size, self.dim);
+        let (gh, gw) = (h / p, w / p);
+        let n = gh * gw;
+        let device = sar.device();
+
+        let patches = patchify(sar, p);
+        let pos = Tensor::<B, 3>::from_data(TensorData::new(sincos_pos_embed_2d(d, gh, gw), [1, n, d]), &device);
+
+        let mut x = self.patch_embed.proj.forward(patches) + pos.clone() + self.input_modality_embed.val();
+        for block in self.encoder {
+            x = block.forward(x);
+        }
+        let x = self.encoder_norm.forward(x);
+        let context = self.decoder_proj_context.forward(x) + pos.clone();
+        Encoded { context, pos, gh, gw }
+    }
+}
+
+/// `[b, c, H, W]` → `[b, (H/p)·(W/p), c·p·p]`: non-overlapping patches in row-major grid order, each
+/// flattened channel-major, then row, then column.
+pub(crate) fn patchify<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
+    let [b, c, h, w] = x.dims();
+    let (gh, gw) = (h / p, w / p);
+    x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p])
+}
+
+/// The inverse of [`patchify`]: `[b, gh·gw, o·p·p]` → `[b, o, gh·p, gw·p]`.
+pub(crate) fn unpatchify<B: Backend>(y: Tensor<B, 3>, gh: usize, gw: usize, o: usize, p: usize) -> Tensor<B, 4> {
+    let [b, _, _] = y.dims();
+    y.reshape([b, gh, gw, o, p, p]).permute([0, 3, 1, 4, 2, 5]).reshape([b, o, gh * p, gw * p])
 }
 
 /// MAE's 2-D sin-cos positional embedding for a `gh × gw` grid, row-major `[gh·gw, d]` (token `i·gw + j`

@@ -1,5 +1,6 @@
 //! The stage-1 SAR→optical generator: a scaled-down TerraMind encoder–decoder with LoRA adapters,
-//! and a small DDIM denoiser that refines its output. Generic over the burn backend.
+//! a small DDIM denoiser that refines its output, and the stage-3 grounding model built from the
+//! generator's base. Generic over the burn backend.
 //!
 //! # Architecture ([`Generator`])
 //!
@@ -41,6 +42,22 @@
 //! residual `target − cond` (x0 prediction) with a zero-terminal-SNR linear DDIM schedule, and
 //! [`denoiser::sample`] returns a refined residual that the caller adds to `cond`.
 //!
+//! # Grounding model ([`grounding`], stage 3)
+//!
+//! [`GroundingModel`] refines a standardised optical estimate `opt` `[b, 4, H, W]` with the SAR tile
+//! `[b, 2, H, W]`: stage 1's frozen SAR encoder (`patch_embed`, `encoder`, `encoder_norm`,
+//! `decoder_proj_context`, shared code with [`Generator::forward`]) gives the context; optical tokens
+//! `optical_embed.proj(patches(opt)) + pos + output_modality_embed` (a new frozen, bias-free patch
+//! embedding) pass through `grounding.{k}` blocks, `t + cross_attn(query_norm(t), context_norm(context))`,
+//! whose norms, `cross_attn.q` and `cross_attn.kv` come from stage 1's `decoder.{k}` and whose
+//! `cross_attn.proj` starts at zero. The residual `(t_K − t₀)·head.weight` (stage 1's head, bias
+//! cancelled) is unpatchified and added: `opt_v3 = opt + r`, repeated for `passes` (stage 3's
+//! `timesteps`). LoRA adapters sit only on `grounding.{k}.cross_attn.{q,kv,proj}` (seed 001's
+//! `target_modules`; [`GroundingConfig::validate`] refuses targets that would match any other layer).
+//! Because every `proj` has a zero base and an adapter with B = 0, a fresh model returns `opt`
+//! exactly; with `freeze_base_model: true` only the adapters train. [`GroundingModel::load_base`]
+//! reads a stage-1 `base_model.safetensors`, and [`GroundingModel::merge_lora`] folds the adapters in.
+//!
 //! # Departures from TerraMind
 //!
 //! - TerraMind generates optical images as discrete tokens (FSQ codes of a per-modality tokenizer)
@@ -58,6 +75,7 @@
 pub mod config;
 pub mod denoiser;
 pub mod generator;
+pub mod grounding;
 pub mod lora;
 pub mod report;
 pub mod weights;
@@ -65,6 +83,7 @@ pub mod weights;
 pub use config::{DenoiserConfig, Dims, GeneratorConfig, LoraConfig, ModelSize};
 pub use denoiser::{DdimSchedule, Denoiser, ddim_step, sample, training_loss};
 pub use generator::{Generator, ModelError};
+pub use grounding::{GroundingConfig, GroundingModel, LayerSpec, OPTICAL_CHANNELS, SAR_CHANNELS};
 pub use lora::{LoraAdapter, LoraLinear};
 pub use report::{ParamCount, lora_adapter_names};
 pub use weights::WeightError;
