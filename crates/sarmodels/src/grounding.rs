@@ -27,7 +27,8 @@
 //!
 //! Every `cross_attn.proj` has a zero base and a LoRA adapter whose B is zero, so each block adds
 //! exactly 0: `t_K == t₀` bit for bit, `r == 0` exactly and the output equals `opt` exactly, for any
-//! loaded base. Training moves only the adapters (with `freeze_base_model: true`); the first step
+//! loaded base and finite inputs (an infinite input value would make `t_K − t₀` NaN; stage 3 zeroes
+//! invalid pixels before the model sees them). Training moves only the adapters (with `freeze_base_model: true`); the first step
 //! moves the `proj` adapters' B, after which the q/kv adapters receive gradients too.
 //!
 //! # LoRA and trainability

@@ -400,3 +400,45 @@ fn forward_with_zero_passes_is_a_clear_panic() {
     let model = GroundingConfig::default().init::<B>(&device);
     model.forward(Tensor::zeros([1, 2, 16, 16], &device), Tensor::zeros([1, 4, 16, 16], &device), 0);
 }
+
+/// Every block of a deeper size maps to its stage-1 decoder block; the model is still the identity.
+#[test]
+fn tiny_size_loads_every_block_and_starts_as_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = stage1_file(dir.path(), "tiny.safetensors", ModelSize::Tiny);
+    let c = GroundingConfig { size: ModelSize::Tiny, ..GroundingConfig::default() };
+    let (model, unused) = c.init::<B>(&Default::default()).load_base_with_unused(&file).unwrap();
+    assert_eq!(model.grounding.len(), 4);
+    assert_eq!(model.adapter_names().len(), 12);
+    assert_eq!(unused.len(), 3 + 4 * 12, "{unused:?}");
+    for k in 0..4 {
+        let key = format!("decoder.{k}.cross_attn.kv.weight");
+        assert_eq!(host(model.grounding[k].cross_attn.kv.weight.val()), file_tensor(&file, &key), "{key}");
+    }
+    let (sar, opt) = (
+        Tensor::<B, 4>::random([1, 2, 32, 32], Distribution::Normal(0.0, 1.0), &Default::default()),
+        Tensor::<B, 4>::random([1, 4, 32, 32], Distribution::Normal(0.0, 1.0), &Default::default()),
+    );
+    assert_eq!(host(model.forward(sar, opt.clone(), 2)), host(opt));
+}
+
+/// `lora.enabled: false` with `freeze_base_model: false` is full fine-tuning: no adapters, every
+/// parameter trainable, still the identity at initialisation, and the zero proj learns.
+#[test]
+fn full_fine_tuning_without_lora() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = stage1_file(dir.path(), "base.safetensors", ModelSize::Test);
+    let mut c = GroundingConfig { freeze_base_model: false, ..GroundingConfig::default() };
+    c.lora.enabled = false;
+    let model = c.init::<AB>(&Default::default()).load_base(&file).unwrap();
+    assert!(model.adapter_names().is_empty());
+    let count = ParamCount::of(&model);
+    assert_eq!(count.trainable, count.total);
+    assert_eq!(c.lora_parameter_count(), 0);
+    let data = inputs::<AB>(5);
+    assert_eq!(host(model.forward(data.0.clone(), data.1.clone(), 1)), host(data.1.clone()));
+    let grads = loss(&model, &data).backward();
+    let proj = model.grounding[0].cross_attn.proj.weight.val().grad(&grads).unwrap();
+    assert!(proj.abs().sum().into_scalar() > 0.0);
+    assert!(model.encoder[0].attn.qkv.weight.val().grad(&grads).is_some());
+}
