@@ -87,7 +87,7 @@ pub struct GroundingConfig {
     /// dropout 0, seed 001's `target_modules`
     /// (`cross_attn, cross_attention, ca_, q_proj, k_proj, v_proj, o_proj`). A partial section fills
     /// the rest from these defaults, not from stage 1's.
-    #[serde(deserialize_with = "grounding_lora")]
+    #[serde(deserialize_with = "deserialize_lora")]
     pub lora: LoraConfig,
     /// `true`: only the adapters train; `false`: every parameter trains (the base too).
     pub freeze_base_model: bool,
@@ -100,7 +100,7 @@ impl Default for GroundingConfig {
 }
 
 /// Stage 3's defaults for [`LoraConfig`]: stage 1's, with seed 001's stage-3 `target_modules`.
-fn default_lora() -> LoraConfig {
+pub fn default_lora() -> LoraConfig {
     LoraConfig { target_modules: SEED_TARGETS.into_iter().map(String::from).collect(), ..LoraConfig::default() }
 }
 
@@ -122,7 +122,10 @@ impl Default for PartialLora {
     }
 }
 
-fn grounding_lora<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LoraConfig, D::Error> {
+/// Reads a `lora` section with the keys it lacks taken from [`default_lora`] (stage 3's targets), not
+/// from [`LoraConfig::default`] (stage 1's): for `#[serde(deserialize_with = ...)]` on a stage-3
+/// config's `lora` field.
+pub fn deserialize_lora<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LoraConfig, D::Error> {
     let PartialLora { enabled, rank, alpha, dropout, target_modules } = PartialLora::deserialize(d)?;
     Ok(LoraConfig { enabled, rank, alpha, dropout, target_modules })
 }
