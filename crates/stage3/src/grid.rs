@@ -1,0 +1,110 @@
+//! The example image written at every validation (seed 001's `save_example_images`): one row per
+//! validation tile (`num_example_images`), five panels — SAR VV | opt_v2 | opt_v3 | truth |
+//! |opt_v3 − opt_v2| — optical panels as true colour (B4, B3, B2).
+
+use std::io::BufWriter;
+use std::path::Path;
+
+/// One row of the image.
+pub struct Row {
+    /// VV in dB `[h, w]`.
+    pub sar: Vec<f32>,
+    /// Stage-2 estimate, reflectance `[4, h, w]` (B2, B3, B4, B8).
+    pub opt_v2: Vec<f32>,
+    /// Grounded output, reflectance `[4, h, w]`.
+    pub opt_v3: Vec<f32>,
+    /// Truth, reflectance `[4, h, w]`.
+    pub truth: Vec<f32>,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// Gain applied to reflectance for display (0.33 reflectance → white), the usual true-colour stretch.
+pub const RGB_GAIN: f32 = 3.0;
+/// Gain of the change panel: the mean absolute change over the four bands, 0.05 reflectance → white.
+pub const CHANGE_GAIN: f32 = 20.0;
+/// Panels per row.
+pub const PANELS: usize = 5;
+/// Pixels between panels.
+const GAP: usize = 2;
+
+fn to_u8(v: f32) -> u8 {
+    if v.is_finite() { (v.clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 }
+}
+
+/// Renders the rows into an RGB image: `(width, height, pixels)`.
+pub fn render(rows: &[Row]) -> (usize, usize, Vec<u8>) {
+    let cell_w = rows.iter().map(|r| r.width).max().unwrap_or(0);
+    let cell_h = rows.iter().map(|r| r.height).max().unwrap_or(0);
+    let width = PANELS * cell_w + (PANELS - 1) * GAP;
+    let height = rows.len() * cell_h + rows.len().saturating_sub(1) * GAP;
+    let mut img = vec![255u8; width * height * 3];
+    for (ri, r) in rows.iter().enumerate() {
+        let hw = r.height * r.width;
+        // SAR: min–max stretch of the tile.
+        let (lo, hi) = r
+            .sar
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        for y in 0..r.height {
+            for x in 0..r.width {
+                let p = y * r.width + x;
+                let g = to_u8((r.sar[p] - lo) / span);
+                let rgb = |o: &[f32]| [o[2 * hw + p], o[hw + p], o[p]].map(|v| to_u8(v * RGB_GAIN));
+                let change = (0..4).map(|b| (r.opt_v3[b * hw + p] - r.opt_v2[b * hw + p]).abs()).sum::<f32>() / 4.0;
+                let c = to_u8(change * CHANGE_GAIN);
+                let panels = [[g, g, g], rgb(&r.opt_v2), rgb(&r.opt_v3), rgb(&r.truth), [c, c, c]];
+                for (panel, px) in panels.into_iter().enumerate() {
+                    let (ox, oy) = (panel * (cell_w + GAP) + x, ri * (cell_h + GAP) + y);
+                    let i = (oy * width + ox) * 3;
+                    img[i..i + 3].copy_from_slice(&px);
+                }
+            }
+        }
+    }
+    (width, height, img)
+}
+
+/// Writes the image as an 8-bit RGB PNG at `path` (creating its directory).
+pub fn write(path: &Path, rows: &[Row]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let (w, h, pixels) = render(rows);
+    let file = std::fs::File::create(path)?;
+    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+    writer.write_image_data(&pixels).map_err(std::io::Error::other)?;
+    writer.finish().map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_panels_hold_sar_estimate_output_truth_and_change() {
+        let (h, w) = (1, 2);
+        let mut opt_v3 = vec![0.0; 8];
+        opt_v3[2 * 2] = 0.1; // B4 (red) at pixel 0: 0.1 · 3 → 77
+        let row =
+            Row { sar: vec![-20.0, -5.0], opt_v2: vec![0.0; 8], opt_v3, truth: vec![1.0; 8], height: h, width: w };
+        let (width, height, img) = render(&[row]);
+        assert_eq!((width, height), (5 * 2 + 4 * GAP, 1));
+        let px = |x: usize| &img[x * 3..x * 3 + 3];
+        assert_eq!(px(0), &[0, 0, 0], "SAR minimum is black");
+        assert_eq!(px(1), &[255, 255, 255], "SAR maximum is white");
+        assert_eq!(px(2 + GAP), &[0, 0, 0], "opt_v2 is black");
+        assert_eq!(px(2 * (2 + GAP)), &[77, 0, 0], "opt_v3 red from B4");
+        assert_eq!(px(3 * (2 + GAP)), &[255, 255, 255], "truth saturates");
+        // |Δ| = 0.1 in one band of four: 0.025 · 20 = 0.5 → 128.
+        assert_eq!(px(4 * (2 + GAP)), &[128, 128, 128], "change panel");
+        assert_eq!(px(4 * (2 + GAP) + 1), &[0, 0, 0], "no change at pixel 1");
+    }
+}
