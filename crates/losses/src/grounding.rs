@@ -108,7 +108,11 @@ fn check_pair<B: Backend>(what: &str, optical: &Tensor<B, 4>, sar: &Tensor<B, 4>
 /// `[0, 1)`; a constant sample maps to 0. Invariant to an offset and a positive scale.
 ///
 /// Reference implementation, corrected: it took min and max over the whole batch tensor.
+///
+/// # Panics
+/// If `x` has a zero size.
 pub fn minmax_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    check_nonempty("minmax_per_sample", "the input", &x);
     let b = x.dims()[0];
     let rows = x.clone().flatten::<2>(1, 3);
     let min = rows.clone().min_dim(1).reshape([b, 1, 1, 1]);
@@ -119,8 +123,17 @@ pub fn minmax_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// Per-sample `q`-quantile of `x: [B, C, H, W]` over its `N = C·H·W` values, `[B]`, with
 /// numpy's default (`method="linear"`) interpolation: with the values sorted ascending
 /// (`v_0 ≤ … ≤ v_{N−1}`), `p = q·(N − 1)`, `i = ⌊p⌋`, the result is `v_i + (v_{i+1} − v_i)·(p − i)`.
-/// Sorting runs on the device (burn's `sort`). `q` is clamped to `[0, 1]` (NaN reads as 0).
+/// `q` is clamped to `[0, 1]` (NaN reads as 0).
+///
+/// The sort is burn's `sort`: on the device where the backend has one (Flex does); burn 0.21's
+/// CubeCL backends (wgpu, CUDA) fall back to reading the values to the host, sorting there and
+/// uploading the result, i.e. one device synchronisation per call. Only the urban boost
+/// ([`edge_weights`] with `urban_weight > 1`) calls it.
+///
+/// # Panics
+/// If `x` has a zero size.
 pub fn quantile_per_sample<B: Backend>(x: Tensor<B, 4>, q: f64) -> Tensor<B, 1> {
+    check_nonempty("quantile_per_sample", "the input", &x);
     let b = x.dims()[0];
     let sorted = x.flatten::<2>(1, 3).sort(1);
     let n = sorted.dims()[1];
@@ -158,7 +171,11 @@ pub fn quantile_per_sample<B: Backend>(x: Tensor<B, 4>, q: f64) -> Tensor<B, 1> 
 /// values dominate. Standardising per sample keeps the intent and makes the weight independent
 /// of units. Min–max and quantile are per sample, not over the batch (B19). The reference's
 /// optional DEM weighting is not implemented (the loop never passed a DEM).
+///
+/// # Panics
+/// If `sar` has a zero size.
 pub fn edge_weights<B: Backend>(sar: Tensor<B, 4>, adaptive: bool, urban_weight: f64) -> Tensor<B, 4> {
+    check_nonempty("edge_weights", "the SAR image", &sar);
     let bs = sar_mean(sar.detach());
     let mut w = if adaptive { sigmoid(standardize_per_sample(bs.clone())) } else { bs.ones_like() };
     if urban_weight > 1.0 {
@@ -319,12 +336,18 @@ impl SarConsistency {
 ///
 /// Reference implementation (`CycleIdentityLoss`), corrected (B19): min–max per sample instead
 /// of over the batch.
+///
+/// # Panics
+/// If `sar` has a zero size.
 pub fn grounding_confidence<B: Backend>(sar: Tensor<B, 4>) -> Tensor<B, 4> {
     let bsn = minmax_per_sample(sar_mean(sar.detach()));
     sigmoid(bsn.sub_scalar(CONFIDENCE_THRESHOLD).mul_scalar(CONFIDENCE_SHARPNESS)).detach()
 }
 
 /// The `sar_confidence` metric, shape `[1]`: the mean of [`grounding_confidence`] over the batch.
+///
+/// # Panics
+/// If `sar` has a zero size.
 pub fn mean_confidence<B: Backend>(sar: Tensor<B, 4>) -> Tensor<B, 1> {
     grounding_confidence(sar).mean()
 }

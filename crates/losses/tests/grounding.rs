@@ -220,7 +220,9 @@ fn gac_scores_match_the_numpy_vectors_and_hand_values() {
 
 /// Optical channels that are positive affine copies of one SAR pattern `P` (and SAR channels
 /// that are too) have the same structure: the texture term is 0 and the edge term is 0 up to the
-/// Sobel ε floor.
+/// Sobel ε floor. With the reference's zero padding both would be clearly non-zero: the fake
+/// border edges and border variances scale with each image's offset (0.1..0.25 for the optical,
+/// −15..−20 dB for the SAR), not with its pattern (B19).
 #[test]
 fn identical_optical_and_sar_structure_gives_zero_texture_and_edge() {
     let (h, w) = (10, 9);
@@ -543,4 +545,24 @@ fn sar_consistency_validate_names_every_bad_key_and_value() {
     assert_eq!(inf.validate().len(), 1);
     let zero = SarConsistency { edge_weight: 0.0, texture_weight: 0.0, ..SarConsistency::default() };
     assert!(zero.validate().is_empty(), "zero weights switch a term off");
+}
+
+/// B20: for dB SAR (about −15) the reference's `sigmoid(backscatter)` gives weights of about
+/// 3e-7; the standardised weights stay in a usable range around 0.5, and the urban boost
+/// reaches up to `urban_weight` on the brightest pixels.
+#[test]
+fn db_sar_gives_usable_edge_weights() {
+    let v = Vectors::load();
+    let sar = v.sar::<F>(DType::F64);
+    let reference_weight = 1.0 / (1.0 + 15f64.exp());
+    assert!(reference_weight < 1e-6);
+    let w = vals(edge_weights(sar.clone(), true, 1.0));
+    let mean = w.iter().sum::<f64>() / w.len() as f64;
+    let min = w.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!((0.3..0.7).contains(&mean), "mean weight {mean}");
+    assert!(min > 1e-3, "smallest weight {min}");
+    let boosted = vals(edge_weights(sar, false, 3.0));
+    let max = boosted.iter().cloned().fold(0.0, f64::max);
+    assert!(boosted.iter().all(|x| (1.0..=3.0).contains(x)), "boosted weights in [1, 3]");
+    assert!(max > 2.9, "the brightest pixels get close to the full boost: {max}");
 }
