@@ -382,20 +382,54 @@ impl CommonArgs {
 
 #[derive(Debug, Parser)]
 #[command(version, about = None, args_conflicts_with_subcommands = true)]
-struct Cli<A: Args> {
+struct Cli<A: Args, X: Subcommand> {
     #[command(subcommand)]
-    command: Option<Command<A>>,
+    command: Option<Command<A, X>>,
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
     stage: A,
 }
 
+// Parsed once per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-enum Command<A: Args> {
+enum Command<A: Args, X: Subcommand> {
     /// LR range test: sweep the learning rate over a short run on a copy of the model, write
     /// lr_find.csv and lr_find.png to the output directory, and suggest a learning rate.
     LrFind(LrFindCli<A>),
+    /// The stage's own subcommands (listed next to `lr-find`).
+    #[command(flatten)]
+    Extra(X),
+}
+
+/// The stage-specific subcommands of a stage that has none (what [`main`] passes to
+/// [`main_with`]): it adds nothing to the command line and never parses.
+#[derive(Debug, Clone, Copy)]
+pub enum NoSubcommand {}
+
+impl clap::FromArgMatches for NoSubcommand {
+    fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+    }
+
+    fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+        match *self {}
+    }
+}
+
+impl Subcommand for NoSubcommand {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn has_subcommand(_: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Args)]
@@ -546,10 +580,19 @@ pub fn load_config<S: Stage>(common: &CommonArgs, stage_args: &S::Args) -> Resul
 
 /// The whole life of a stage binary: parse flags, load config, run, map the outcome to an exit code.
 pub fn main<S: Stage>() -> ExitCode {
+    main_with::<S, NoSubcommand>(|never| match never {})
+}
+
+/// [`main`] for a stage with subcommands of its own (e.g. `stage1 predict`): `X`'s subcommands
+/// are listed next to `lr-find` in `--help`, and a parsed one is handed to `extra`, whose exit
+/// code the binary returns (by the same convention: 0 success, 1 failure, 2 bad usage or input).
+pub fn main_with<S: Stage, X: Subcommand>(extra: impl FnOnce(X) -> ExitCode) -> ExitCode {
     init_logging();
-    let cli = Cli::<S::Args>::parse();
-    if let Some(Command::LrFind(c)) = cli.command {
-        return lr_find_main::<S>(&c);
+    let cli = Cli::<S::Args, X>::parse();
+    match cli.command {
+        Some(Command::LrFind(c)) => return lr_find_main::<S>(&c),
+        Some(Command::Extra(x)) => return extra(x),
+        None => {}
     }
     let config = match load_config::<S>(&cli.common, &cli.stage) {
         Ok(c) => c,
