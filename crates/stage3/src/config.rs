@@ -50,7 +50,9 @@ pub struct ModelSection {
     /// The stage-1 base (`base_model.safetensors`): SAR encoder, cross-attention and head.
     pub pretrained: Option<Pretrained>,
     /// LoRA on the grounding cross-attention (seed 001's `target_modules`); a target that would
-    /// also adapt a non-cross-attention layer is refused.
+    /// also adapt a non-cross-attention layer is refused. Keys left out take stage 3's defaults
+    /// (seed 001's targets), not stage 1's.
+    #[serde(deserialize_with = "sarmodels::grounding::deserialize_lora")]
     pub lora: LoraConfig,
     /// Freeze every parameter except the adapters (seed: `model.lora.freeze_base_model`).
     pub freeze_base_model: bool,
@@ -395,3 +397,33 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("resume.checkpoint_path", "resume.path"),
     ("debug.max_samples", "data.max_tiles"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_lora_section_keeps_stage_3_targets() {
+        let m: ModelSection = serde_yaml::from_str("lora:\n  rank: 4\n").unwrap();
+        assert_eq!(m.lora.rank, 4);
+        assert_eq!(m.lora.target_modules, ModelSection::default().lora.target_modules);
+        assert!(m.lora.target_modules.iter().any(|t| t == "cross_attn"));
+        assert!(!m.lora.target_modules.iter().any(|t| t == "proj"), "stage 1's list would adapt patch_embed.proj");
+    }
+
+    #[test]
+    fn pretrained_reads_a_path_or_a_flag() {
+        let m: ModelSection = serde_yaml::from_str("pretrained: runs/x/base_model.safetensors\n").unwrap();
+        assert_eq!(m.base_path().map(|p| p.display().to_string()).as_deref(), Some("runs/x/base_model.safetensors"));
+        let m: ModelSection = serde_yaml::from_str("pretrained: false\n").unwrap();
+        assert_eq!(m.pretrained, Some(Pretrained::Flag(false)));
+        let mut p = Vec::new();
+        m.validate(&mut p);
+        assert!(p.is_empty(), "{p:?}");
+        let m: ModelSection = serde_yaml::from_str("pretrained: true\n").unwrap();
+        let mut p = Vec::new();
+        m.validate(&mut p);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("names no file"), "{p:?}");
+    }
+}
