@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod grid;
+pub mod predict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
