@@ -330,9 +330,10 @@ impl SarConsistency {
 /// conf = sigmoid(10·(minmax_per_sample(mean_c sar) − 0.1))
 /// ```
 ///
-/// Close to 1 wherever the backscatter is above the darkest tenth of its sample's range, close
-/// to 0 on the darkest pixels (calm water, shadow, the noise floor). Invariant to an offset and
-/// a positive scale of the SAR.
+/// With `bsn` the position of a pixel in its sample's backscatter range: 0.27 at the darkest
+/// pixel (calm water, shadow, the noise floor), 0.5 at a tenth of the range, above 0.95 from
+/// 0.4 of the range up. Invariant to an offset and a positive scale of the SAR. The identity
+/// term weights by `1 − conf`, so it binds hardest on the darkest pixels.
 ///
 /// Reference implementation (`CycleIdentityLoss`), corrected (B19): min–max per sample instead
 /// of over the batch.
