@@ -378,7 +378,7 @@ pub fn run<B: Backend>(
     let mut json = serde_json::to_vec_pretty(&report)
         .map_err(|e| PredictError::Write { path: report_path.clone(), message: e.to_string() })?;
     json.push(b'\n');
-    std::fs::write(&report_path, json)
+    checkpoints::atomic::write_atomic(&report_path, |f| std::io::Write::write_all(f, &json), || {})
         .map_err(|e| PredictError::Write { path: report_path, message: e.to_string() })?;
     Ok(record)
 }

@@ -318,3 +318,22 @@ fn pixels_with_non_finite_inputs_keep_their_prediction() {
     assert_eq!(e.data.len(), 4 * tile.height * w);
     assert!(e.data.iter().all(|v| v.is_finite()), "every pixel predicted");
 }
+
+#[test]
+fn a_damaged_tile_is_named_before_anything_is_written() {
+    let (tmp, _, _, few) = run();
+    let data = tmp.path().join("damaged");
+    std::fs::create_dir(&data).unwrap();
+    for e in std::fs::read_dir(few).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let victim = npz_files(&data)[2].clone();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tmp.path().join("opt_v2_damaged");
+    let o = predict_into(&data, &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&victim.display().to_string()), "{}", stderr(&o));
+    assert!(!out.exists(), "headers are checked before the first estimate is written");
+}
