@@ -348,6 +348,8 @@ pub fn run<B: Backend>(
         let seeds: Vec<u64> = chunk.iter().map(|&i| tile_seed(config.seed, &names[i])).collect();
         let out = refine(&model, batch.sar, timesteps, &seeds);
         let mut host: Vec<f32> = out.into_data().iter::<f32>().collect();
+        // `load_samples` returns one sample per index, in order, and the host data holds each
+        // sample's [4, h, w] block in that order (collate refused samples of differing sizes).
         for (k, &i) in chunk.iter().enumerate() {
             let s = &samples[k];
             let hw = s.height * s.width;

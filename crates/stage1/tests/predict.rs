@@ -337,3 +337,20 @@ fn a_damaged_tile_is_named_before_anything_is_written() {
     assert!(stderr(&o).contains(&victim.display().to_string()), "{}", stderr(&o));
     assert!(!out.exists(), "headers are checked before the first estimate is written");
 }
+
+#[test]
+fn a_config_in_the_seed_layout_is_read_with_its_aliases() {
+    let (tmp, _, _, few) = run();
+    // configs/train/stage1.lowvr.yaml at test size with another `system.seed` (an alias of `seed`).
+    let yaml = std::fs::read_to_string(LOWVR).unwrap();
+    assert!(yaml.contains("size: tiny") && yaml.contains("seed: 42"));
+    let cfg = tmp.path().join("lowvr_test.yaml");
+    std::fs::write(&cfg, yaml.replace("size: tiny", "size: test").replace("seed: 42", "seed: 7")).unwrap();
+    let out = tmp.path().join("opt_v2_lowvr");
+    let o = predict_into(few, &out, &["--config", cfg.to_str().unwrap(), "--batch-size", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: PredictReport = serde_json::from_slice(&std::fs::read(out.join("predict.json")).unwrap()).unwrap();
+    let r = &report.runs[0];
+    assert_eq!((r.seed, r.timesteps, r.tiles), (7, 10, 3), "system.seed and model.timesteps of the file");
+    assert_eq!(r.config, cfg);
+}
