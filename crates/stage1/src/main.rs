@@ -281,7 +281,7 @@ impl Progress {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
                 if done == total {
-                    bar.finish();
+                    bar.finish_and_clear();
                 }
             }
             None => {
