@@ -236,14 +236,21 @@ impl<B: Backend> CrossAttention<B> {
 
     /// Queries `[b, n, d]`, context `[b, m, d]` → `[b, n, d]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, context, true)
+    }
+
+    /// [`CrossAttention::forward`] with the adapters' terms (`adapters: true`) or with the frozen
+    /// bases alone (`false`).
+    pub fn forward_with(&self, x: Tensor<B, 3>, context: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
+        let apply = |l: &LoraLinear<B>, x: Tensor<B, 3>| if adapters { l.forward(x) } else { l.forward_base(x) };
         let h = self.heads;
-        let q = split_heads(self.q.forward(x), h);
-        let mut kv = self.kv.forward(context).chunk(2, 2).into_iter();
+        let q = split_heads(apply(&self.q, x), h);
+        let mut kv = apply(&self.kv, context).chunk(2, 2).into_iter();
         let (Some(k), Some(v)) = (kv.next(), kv.next()) else {
             unreachable!("chunk of a 2d-wide tensor into 2 gives 2 parts")
         };
         let out = attention(q, split_heads(k, h), split_heads(v, h), None, None, AttentionModuleOptions::default());
-        self.proj.forward(merge_heads(out))
+        apply(&self.proj, merge_heads(out))
     }
 }
 

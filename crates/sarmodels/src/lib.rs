@@ -49,13 +49,14 @@
 //! `decoder_proj_context`, shared code with [`Generator::forward`]) gives the context; optical tokens
 //! `optical_embed.proj(patches(opt)) + pos + output_modality_embed` (a new frozen, bias-free patch
 //! embedding) pass through `grounding.{k}` blocks, `t + cross_attn(query_norm(t), context_norm(context))`,
-//! whose norms, `cross_attn.q` and `cross_attn.kv` come from stage 1's `decoder.{k}` and whose
-//! `cross_attn.proj` starts at zero. The residual `(t_K − t₀)·head.weight` (stage 1's head, bias
-//! cancelled) is unpatchified and added: `opt_v3 = opt + r`, repeated for `passes` (stage 3's
-//! `timesteps`). LoRA adapters sit only on `grounding.{k}.cross_attn.{q,kv,proj}` (seed 001's
-//! `target_modules`; [`GroundingConfig::validate`] refuses targets that would match any other layer).
-//! Because every `proj` has a zero base and an adapter with B = 0, a fresh model returns `opt`
-//! exactly; with `freeze_base_model: true` only the adapters train. [`GroundingModel::load_base`]
+//! whose norms and `cross_attn.{q,kv,proj}` come from stage 1's `decoder.{k}`, twice: with the LoRA
+//! adapters (`t_a`) and with the frozen bases alone (`t_b`). The residual `(t_a − t_b)·head.weight`
+//! (stage 1's head, bias cancelled) is unpatchified and added: `opt_v3 = opt + r`, repeated for
+//! `passes` (stage 3's `timesteps`). LoRA adapters sit only on `grounding.{k}.cross_attn.{q,kv,proj}`
+//! (seed 001's `target_modules`; [`GroundingConfig::validate`] refuses targets that would match any
+//! other layer). Because a fresh adapter's B is zero, both paths compute the same values and a fresh
+//! model returns `opt` exactly; with `freeze_base_model: true` only the adapters train.
+//! [`GroundingModel::load_base`]
 //! reads a stage-1 `base_model.safetensors`, and [`GroundingModel::merge_lora`] folds the adapters in.
 //!
 //! # Departures from TerraMind

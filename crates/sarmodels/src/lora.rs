@@ -119,6 +119,16 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
+    /// `x W + b` without the adapter's term (the frozen base alone), whether or not one is attached.
+    pub fn forward_base<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    /// This layer without its adapter (the base alone; same parameters and trainability).
+    pub fn without_adapter(&self) -> Self {
+        Self { weight: self.weight.clone(), bias: self.bias.clone(), adapter: None, name: self.name.clone() }
+    }
+
     /// A plain `Linear` computing the same function (dropout aside): `W + scaling · Aᵀ Bᵀ` and the bias.
     /// The merged weight keeps the base weight's parameter id and trainability and is detached from
     /// the adapter's graph.

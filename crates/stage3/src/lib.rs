@@ -136,14 +136,9 @@ struct BaseWeights {
     tensors: BTreeMap<String, TensorData>,
 }
 
-/// Whether a parameter path is never read from a stage-1 file: adapters, the optical embedding and
-/// the zero-initialised cross-attention output projections.
+/// Whether a parameter path is never read from a stage-1 file: the adapters and the optical embedding.
 fn not_from_base(path: &[String]) -> bool {
     path.iter().any(|p| p == "adapter" || p == "optical_embed")
-        || (path.first().is_some_and(|p| p == "grounding")
-            && path.len() >= 4
-            && path[2] == "cross_attn"
-            && path[3] == "proj")
 }
 
 impl BaseWeights {

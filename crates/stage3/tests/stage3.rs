@@ -178,7 +178,7 @@ fn a_run_writes_every_output_starts_from_opt_v2_and_keeps_the_base() {
     let mut compared = 0;
     for (key, bytes) in &best {
         let from = key.strip_prefix("grounding.").map(|rest| format!("decoder.{rest}")).unwrap_or_else(|| key.clone());
-        if key.contains("adapter") || key.contains("optical_embed") || key.contains("cross_attn.proj") {
+        if key.contains("adapter") || key.contains("optical_embed") {
             continue;
         }
         let stripped = from.trim_start_matches("sar_encoder.").to_string();
