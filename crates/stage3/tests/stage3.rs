@@ -493,3 +493,40 @@ fn every_key_of_the_lowvr_config_is_read() {
         }
     }
 }
+
+/// With LPIPS weights (random ones here: the shapes are what matters) the lpips term is logged per
+/// step and validation reports `lpips_change`; LPIPS asked for without weights is refused by name.
+#[test]
+fn lpips_weights_add_the_term_and_lpips_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("lpips_alex.safetensors");
+    let tensors = losses::lpips::LpipsWeights::expected_tensors(losses::lpips::LpipsNet::Alex)
+        .into_iter()
+        .map(|(k, shape)| {
+            let n: usize = shape.iter().product();
+            // Positive heads (LPIPS's are non-negative), small trunk weights.
+            let v = (0..n).map(|i| if k.starts_with("lin") { 0.01 } else { ((i % 7) as f32 - 3.0) * 0.01 }).collect();
+            (k, shape, v)
+        })
+        .collect();
+    checkpoints::weights::save_tensors(&weights, tensors).unwrap();
+    let out = tmp.path().join("run");
+    let mut c = stage3(&out);
+    c.args(["--steps", "3", "--val-every", "3", "--set", "loss.lpips_weight=0.1", "--set", "loss.lpips.net=alex"])
+        .arg("--set")
+        .arg(format!("loss.lpips.weights={}", weights.display()));
+    run(c);
+    let evs = events(&out);
+    for e in of(&evs, "train_step") {
+        assert!(e["metrics"]["lpips"].as_f64().is_some_and(f64::is_finite), "lpips logged per step: {e}");
+    }
+    let v = of(&evs, "validation");
+    let m = &v.last().unwrap()["metrics"];
+    assert!(m["lpips"].as_f64().is_some_and(f64::is_finite), "{m}");
+    assert!(m["lpips_change"].as_f64().is_some_and(|x| x.is_finite() && x >= 0.0), "{m}");
+
+    let mut c = stage3(&tmp.path().join("refused"));
+    c.args(["--validate-config", "--set", "loss.lpips_weight=0.1"]);
+    let stderr = fails(c, 2);
+    assert!(stderr.contains("loss.lpips.weights"), "{stderr}");
+}
