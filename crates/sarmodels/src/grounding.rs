@@ -521,10 +521,9 @@ impl<B: Backend> GroundingModel<B> {
     }
 
     /// Loads every stage-1 parameter the model uses (the SAR encoder, `output_modality_embed`,
-    /// `head.weight`, and `decoder.{k}.{query_norm,context_norm,cross_attn.q,cross_attn.kv}` into
+    /// `head.weight`, and `decoder.{k}.{query_norm,context_norm,cross_attn.{q,kv,proj}}` into
     /// `grounding.{k}.*`) and returns the model with the stage-1 keys it did not use, sorted.
-    /// `optical_embed.proj`, every `grounding.{k}.cross_attn.proj` and the adapters keep their values;
-    /// trainability is re-applied.
+    /// `optical_embed.proj` and the adapters keep their values; trainability is re-applied.
     ///
     /// A missing key, a mis-shaped tensor (a file of another size) or a key that no stage-1 generator
     /// of this size has is an error naming the file and the key (and both shapes).
