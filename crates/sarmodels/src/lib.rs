@@ -87,4 +87,4 @@ pub use generator::{Generator, ModelError};
 pub use grounding::{GroundingConfig, GroundingModel, LayerSpec, OPTICAL_CHANNELS, SAR_CHANNELS};
 pub use lora::{LoraAdapter, LoraLinear};
 pub use report::{ParamCount, lora_adapter_names};
-pub use weights::WeightError;
+pub use weights::{ParamSnapshot, WeightError};

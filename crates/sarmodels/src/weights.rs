@@ -4,11 +4,15 @@
 //! Keys are burn's dotted parameter paths (`encoder.0.attn.qkv.weight`, `encoder_norm.gamma`, …) and
 //! tensors keep burn's layouts (a linear weight is `[d_in, d_out]`). Only base parameters are
 //! stored: [`Generator::save_base`] folds the adapters in first, [`Generator::load_base`] leaves the
-//! adapters as they are.
+//! adapters as they are. [`ParamSnapshot`] keeps such a base in memory, to put into every
+//! freshly initialised model of a run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use checkpoints::weights::{FileKey, WeightFile, load_module, module_tensors, save_tensors};
 
 use crate::generator::Generator;
@@ -46,10 +50,86 @@ impl<B: Backend> Generator<B> {
     }
 }
 
+/// The values of a module's float parameters by dotted path, read from one module and applied onto
+/// another of the same architecture: how a stage keeps the `model.pretrained` base it read (and
+/// checked) when its task was built and puts it into every freshly initialised model, so that the
+/// run's seed decides what the file does not hold (adapters, ...) and the file decides the rest.
+#[derive(Debug, Clone, Default)]
+pub struct ParamSnapshot {
+    tensors: BTreeMap<String, TensorData>,
+}
+
+impl ParamSnapshot {
+    /// The float parameters of `module` whose module path (`["encoder", "0", "attn", "qkv",
+    /// "weight"]`, ...) `skip` does not reject, by dotted path.
+    pub fn of<B: Backend, M: Module<B>>(module: &M, skip: impl Fn(&[String]) -> bool) -> ParamSnapshot {
+        struct Collect<F> {
+            path: Vec<String>,
+            skip: F,
+            tensors: BTreeMap<String, TensorData>,
+        }
+        impl<B: Backend, F: Fn(&[String]) -> bool> ModuleVisitor<B> for Collect<F> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if !(self.skip)(&self.path) {
+                    self.tensors.insert(self.path.join("."), param.val().into_data());
+                }
+            }
+        }
+        let mut collect = Collect { path: Vec::new(), skip, tensors: BTreeMap::new() };
+        module.visit(&mut collect);
+        ParamSnapshot { tensors: collect.tensors }
+    }
+
+    /// Number of parameters held.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// True when no parameter is held.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The dotted paths held, sorted.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// `module` with every held parameter's value in place of its own, keeping each parameter's
+    /// id, device and trainability; parameters not held (skipped when read) stay as they are.
+    /// Meant for a module of the architecture the snapshot was read from (same paths and shapes).
+    pub fn apply<B: Backend, M: Module<B>>(&self, module: M) -> M {
+        struct Apply<'a> {
+            path: Vec<String>,
+            tensors: &'a BTreeMap<String, TensorData>,
+        }
+        impl<B: Backend> ModuleMapper<B> for Apply<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                let Some(data) = self.tensors.get(&self.path.join(".")) else { return param };
+                let (id, tensor, _mapper) = param.consume();
+                let (device, shape, trainable) = (tensor.device(), tensor.shape(), tensor.is_require_grad());
+                let value = Tensor::<B, D>::from_data(data.clone(), &device);
+                Param::uninitialized(id, move |_, grad| value.clone().set_require_grad(grad), device, trainable, shape)
+            }
+        }
+        module.map(&mut Apply { path: Vec::new(), tensors: &self.tensors })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::generator::tests::{config, host, max_abs_diff, param_shapes, randomize_adapters};
     use crate::report::lora_adapter_names;
@@ -179,5 +259,41 @@ mod tests {
         assert!(matches!(config(false).init::<B>(&device).load_base(&file), Err(WeightError::Format { .. })));
         let absent = dir.path().join("absent.safetensors");
         assert!(matches!(config(false).init::<B>(&device).load_base(&absent), Err(WeightError::Io { .. })));
+    }
+
+    #[test]
+    fn snapshot_applies_the_base_and_keeps_skipped_params_ids_and_trainability() {
+        let device = Default::default();
+        let in_adapter = |p: &[String]| p.iter().any(|x| x == "adapter");
+        let source = randomize_adapters(config(true).init::<AB>(&device));
+        let snapshot = ParamSnapshot::of(&source, in_adapter);
+        assert!(!snapshot.is_empty());
+        assert_eq!(snapshot.len(), snapshot.paths().count());
+        assert!(snapshot.paths().all(|p| !p.contains("adapter")), "skipped paths are not held");
+        assert!(snapshot.paths().any(|p| p == "head.bias"));
+
+        let fresh = randomize_adapters(config(true).init::<AB>(&device));
+        let ids = |m: &Generator<AB>| {
+            struct Ids(Vec<(String, bool)>);
+            impl<BK: Backend> ModuleVisitor<BK> for Ids {
+                fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<BK, D>>) {
+                    self.0.push((p.id.to_string(), p.val().is_require_grad()));
+                }
+            }
+            let mut v = Ids(Vec::new());
+            m.visit(&mut v);
+            v.0
+        };
+        let before = ids(&fresh);
+        let fresh_adapter = ParamSnapshot::of(&fresh, |p| !in_adapter(p));
+        let applied = snapshot.apply(fresh);
+        assert_eq!(ids(&applied), before, "ids and trainability are kept");
+        let base_after = ParamSnapshot::of(&applied, in_adapter);
+        for (k, v) in &snapshot.tensors {
+            assert_eq!(&base_after.tensors[k], v, "{k} comes from the snapshot");
+        }
+        let adapter_after = ParamSnapshot::of(&applied, |p| !in_adapter(p));
+        assert_eq!(adapter_after.tensors, fresh_adapter.tensors, "skipped params stay the fresh model's");
+        assert!(!adapter_after.is_empty());
     }
 }

@@ -916,6 +916,184 @@ pub fn collate(samples: &[Sample]) -> Result<Batch, TilingError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What the training stages share: their tile sets, the size check, parallel decoding
+
+/// The training and validation tiles of a data directory, and whether the dataset must check
+/// each tile's sidecar split (`check_split`: only when both sets come from a manifest).
+///
+/// - `data_dir/manifest.json` exists: its `train` and `val` splits.
+/// - No manifest: every `*.npz` in `data_dir`, split by a stable hash of the tile id (CRC-32C
+///   modulo 10⁶ below `val_split`·10⁶ is validation), so the split does not depend on file order.
+/// - `val_dir` set: the validation tiles are every `*.npz` in it instead; the training tiles
+///   stay as above (the manifest's `train` split, or the tiles the hash does not send to
+///   validation).
+///
+/// Errors name the directory or manifest that could not be read.
+pub fn train_val_sources(
+    data_dir: &Path,
+    val_dir: Option<&Path>,
+    val_split: f64,
+) -> Result<(NpzSource, NpzSource, bool), TilingError> {
+    let manifest = data_dir.join("manifest.json");
+    let (train, val, check_split) = if manifest.is_file() {
+        let train = NpzSource::from_manifest(&manifest, Some(Split::Train))?;
+        let val = match val_dir {
+            Some(_) => None,
+            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val))?),
+        };
+        (train, val, true)
+    } else {
+        // No manifest: a stable hash of the tile id decides, so the split does not depend on file order.
+        let all = NpzSource::from_dir(data_dir)?;
+        let threshold = (val_split * 1_000_000.0) as u32;
+        let in_val = |i: usize| crc32c::crc32c(all.tile_id(i).as_bytes()) % 1_000_000 < threshold;
+        let val = if val_dir.is_some() { None } else { Some(all.filter(in_val)) };
+        (all.filter(|i| !in_val(i)), val, false)
+    };
+    let val = match (val, val_dir) {
+        (Some(v), _) => v,
+        (None, Some(d)) => NpzSource::from_dir(d)?,
+        // `val` is None only when `val_dir` is set (both branches above).
+        (None, None) => NpzSource::default(),
+    };
+    Ok((train, val, check_split && val_dir.is_none()))
+}
+
+/// Why a tile set does not fit a stage (see [`check_tile_set`]); each stage turns it into its
+/// own error, naming its config key for [`TileSetError::TileSize`].
+#[derive(Debug, thiserror::Error)]
+pub enum TileSetError {
+    /// A tile's headers could not be read, or the set mixes sizes (the message names the file).
+    #[error(transparent)]
+    Tiles(#[from] TilingError),
+    /// The tiles are not the required `tile_size`² (the configured tile size).
+    #[error("is {expected} but the {set} tiles are {height}x{width} (e.g. {})", example.display())]
+    TileSize {
+        /// The set (`training`, `validation`).
+        set: String,
+        /// The required side.
+        expected: usize,
+        /// The tiles' height.
+        height: usize,
+        /// The tiles' width.
+        width: usize,
+        /// The set's first tile.
+        example: PathBuf,
+    },
+    /// A directory or manifest holds no tiles of a split (see [`check_not_empty`]).
+    #[error("{}: no {what}", dir.display())]
+    NoTiles {
+        /// The directory read.
+        dir: PathBuf,
+        /// Which tiles are missing, and how to provide them.
+        what: &'static str,
+    },
+    /// The tiles do not fit the model or are smaller than a loss's or metric's minimum.
+    #[error("{}: {message}", path.display())]
+    Tile {
+        /// The set's first tile.
+        path: PathBuf,
+        /// What is wrong and the minimum or multiple expected.
+        message: String,
+    },
+}
+
+/// Checks that a stage has tiles to train and to validate on: an empty training set names
+/// `data_dir`, an empty validation set names `val_dir` (or `data_dir` when it is unset), each with
+/// how to provide the tiles.
+pub fn check_not_empty(
+    train: &NpzSource,
+    val: &NpzSource,
+    data_dir: &Path,
+    val_dir: Option<&Path>,
+) -> Result<(), TileSetError> {
+    if train.is_empty() {
+        return Err(TileSetError::NoTiles {
+            dir: data_dir.to_path_buf(),
+            what: "training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
+        });
+    }
+    if val.is_empty() {
+        return Err(TileSetError::NoTiles {
+            dir: val_dir.unwrap_or(data_dir).to_path_buf(),
+            what: "validation tiles (set data.val_dir or data.val_split)",
+        });
+    }
+    Ok(())
+}
+
+/// Checks one tile set when a stage's task is built: every tile's headers, one size for all,
+/// equal to `tile_size`² when set, accepted by `fits` (the model's patch grid: `Err` says why
+/// not) and at least `min_side` = (side, what needs it) on both axes. An empty set passes.
+pub fn check_tile_set(
+    set: &str,
+    source: &NpzSource,
+    tile_size: Option<usize>,
+    fits: impl FnOnce(usize, usize) -> Result<(), String>,
+    min_side: Option<(usize, &str)>,
+) -> Result<(), TileSetError> {
+    let Some((h, w)) = source.check_headers()? else { return Ok(()) };
+    let first = source.paths().next().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(side) = tile_size
+        && (h, w) != (side, side)
+    {
+        return Err(TileSetError::TileSize { set: set.into(), expected: side, height: h, width: w, example: first });
+    }
+    if let Err(e) = fits(h, w) {
+        return Err(TileSetError::Tile {
+            path: first,
+            message: format!("{set} tiles are {h}x{w}, which model.size does not fit: {e}"),
+        });
+    }
+    if let Some((side, what)) = min_side
+        && (h < side || w < side)
+    {
+        return Err(TileSetError::Tile {
+            path: first,
+            message: format!(
+                "{set} tiles are {h}x{w}, smaller than the {side}x{side} minimum of {what}; \
+                 cut larger tiles (trainyard-tile --size {side} or more)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `decode` on every index of `indices` on up to `workers` threads (contiguous chunks) and
+/// returns the results in the order of `indices`. The first error in that order is returned
+/// (after every thread finished). A thread that panics (a bug in a reader) does not take the
+/// caller down: its chunk is reported as `on_panic(first index of the chunk)`.
+pub fn decode_parallel<T: Send, E: Send>(
+    indices: &[usize],
+    workers: usize,
+    decode: impl Fn(usize) -> Result<T, E> + Sync,
+    on_panic: impl Fn(usize) -> E,
+) -> Result<Vec<T>, E> {
+    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
+    let decode = &decode;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(chunk)
+            .filter_map(|part| {
+                let first = *part.first()?;
+                Some((first, scope.spawn(move || part.iter().map(|&i| decode(i)).collect::<Vec<_>>())))
+            })
+            .collect();
+        // Join every thread before looking at any result: a panicked thread left to the scope's
+        // own join would panic the caller.
+        let joined: Vec<_> = handles.into_iter().map(|(first, handle)| (first, handle.join())).collect();
+        let mut out = Vec::with_capacity(indices.len());
+        for (first, decoded) in joined {
+            let decoded = decoded.map_err(|_| on_panic(first))?;
+            for item in decoded {
+                out.push(item?);
+            }
+        }
+        Ok(out)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Random helpers
 
 const DOMAIN_ORDER: u64 = 1;
@@ -946,5 +1124,110 @@ fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
         if x <= zone {
             return x % n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_parallel_keeps_order_and_returns_the_first_error_in_order() {
+        let indices: Vec<usize> = (0..23).rev().collect();
+        for workers in [0, 1, 4, 64] {
+            let out = decode_parallel(&indices, workers, |i| Ok::<_, String>(i * 10), |i| format!("panic {i}"));
+            assert_eq!(out, Ok(indices.iter().map(|i| i * 10).collect::<Vec<_>>()), "workers {workers}");
+        }
+        let failing = |i: usize| if i.is_multiple_of(5) { Err(format!("tile {i} is bad")) } else { Ok(i) };
+        // Order 22, 21, ...: the first failing index met is 20.
+        assert_eq!(decode_parallel(&indices, 4, failing, |i| format!("panic {i}")), Err("tile 20 is bad".into()));
+        assert_eq!(decode_parallel(&[], 4, failing, |i| format!("panic {i}")), Ok(vec![]));
+    }
+
+    #[test]
+    fn decode_parallel_reports_panicking_chunks_by_their_first_index_without_panicking() {
+        let indices: Vec<usize> = (0..8).collect();
+        // Chunks of 2 on 4 workers: [0, 1] [2, 3] [4, 5] [6, 7]; two of them panic.
+        let out = decode_parallel(
+            &indices,
+            4,
+            |i| if i == 3 || i == 6 { panic!("reader bug at {i}") } else { Ok::<_, String>(i) },
+            |first| format!("chunk from {first} panicked"),
+        );
+        assert_eq!(out, Err("chunk from 2 panicked".into()));
+    }
+
+    fn touch(dir: &Path, names: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for n in names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+    }
+
+    fn ids(s: &NpzSource) -> Vec<String> {
+        (0..s.len()).map(|i| s.tile_id(i).to_string()).collect()
+    }
+
+    #[test]
+    fn train_val_sources_hash_split_is_stable_and_val_dir_replaces_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("t{i:02}.npz")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        touch(tmp.path(), &refs);
+        let (train, val, check_split) = train_val_sources(tmp.path(), None, 0.25).unwrap();
+        assert!(!check_split, "no manifest: sidecar splits are not checked");
+        assert_eq!(train.len() + val.len(), 40);
+        assert!(!val.is_empty() && !train.is_empty());
+        for i in 0..val.len() {
+            assert!(crc32c::crc32c(val.tile_id(i).as_bytes()) % 1_000_000 < 250_000);
+        }
+        let (all_train, none, _) = train_val_sources(tmp.path(), None, 0.0).unwrap();
+        assert_eq!((all_train.len(), none.len()), (40, 0));
+
+        let vdir = tmp.path().join("val");
+        touch(&vdir, &["v1.npz", "v0.npz", "notes.txt"]);
+        let (train2, val2, check2) = train_val_sources(tmp.path(), Some(&vdir), 0.25).unwrap();
+        assert_eq!(ids(&train2), ids(&train), "val_dir leaves the training tiles as they were");
+        assert_eq!(ids(&val2), ["v0", "v1"]);
+        assert!(!check2);
+    }
+
+    #[test]
+    fn train_val_sources_names_a_missing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = train_val_sources(&missing, None, 0.1).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        touch(tmp.path(), &["a.npz"]);
+        let err = train_val_sources(tmp.path(), Some(&missing), 0.1).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn check_not_empty_names_the_directory_of_the_empty_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &["a.npz"]);
+        let some = NpzSource::from_dir(tmp.path()).unwrap();
+        let none = NpzSource::default();
+        let (data, val) = (Path::new("/data/tiles"), Path::new("/data/val"));
+        assert!(check_not_empty(&some, &some, data, None).is_ok());
+        let err = check_not_empty(&none, &some, data, Some(val)).unwrap_err().to_string();
+        assert!(err.starts_with("/data/tiles: no training tiles"), "{err}");
+        let err = check_not_empty(&some, &none, data, Some(val)).unwrap_err().to_string();
+        assert!(err.starts_with("/data/val: no validation tiles"), "{err}");
+        let err = check_not_empty(&some, &none, data, None).unwrap_err().to_string();
+        assert!(err.starts_with("/data/tiles: no validation tiles"), "{err}");
+    }
+
+    #[test]
+    fn check_tile_set_passes_an_empty_set_and_names_an_unreadable_tile() {
+        let fits = |_: usize, _: usize| Ok(());
+        assert!(check_tile_set("training", &NpzSource::default(), Some(8), fits, Some((11, "x"))).is_ok());
+        let tmp = tempfile::tempdir().unwrap();
+        touch(tmp.path(), &["broken.npz"]);
+        let source = NpzSource::from_dir(tmp.path()).unwrap();
+        let err = check_tile_set("training", &source, None, fits, None).unwrap_err();
+        assert!(matches!(err, TileSetError::Tiles(_)), "{err:?}");
+        assert!(err.to_string().contains("broken"), "{err}");
     }
 }

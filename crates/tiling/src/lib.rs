@@ -5,12 +5,14 @@
 //!
 //! - [`stage2`]: the stage-2 estimates (`opt_v2`, one NPZ per tile under a stage-2 directory)
 //!   that stage 3 reads and `stage1 predict` writes.
+//! - [`preview`]: the validation images' display helpers and PNG writing, shared by the stages.
 
 pub mod dataset;
 #[cfg(feature = "gdal")]
 pub mod gdal_reader;
 pub mod geotiff;
 pub mod npz;
+pub mod preview;
 pub mod stage2;
 pub mod synthetic;
 pub mod tile;
