@@ -1,8 +1,12 @@
 //! The PNG written at every validation: one row per fixed validation tile, three panels
 //! (SAR VV | prediction | target), optical panels as true colour (B4, B3, B2).
 
-use std::io::BufWriter;
 use std::path::Path;
+
+#[cfg(test)]
+use tiling::preview::GAP;
+pub use tiling::preview::RGB_GAIN;
+use tiling::preview::{render_rows, stretch, to_u8, true_colour, write_rgb_png};
 
 /// One row of the grid.
 pub struct Row {
@@ -18,56 +22,27 @@ pub struct Row {
     pub width: usize,
 }
 
-/// Gain applied to reflectance for display (0.33 reflectance → white), the usual true-colour stretch.
-pub const RGB_GAIN: f32 = 3.0;
-/// Pixels between panels.
-const GAP: usize = 2;
-
-fn to_u8(v: f32) -> u8 {
-    (v.clamp(0.0, 1.0) * 255.0).round() as u8
-}
-
 /// Renders the rows into an RGB image: `(width, height, pixels)`.
 pub fn render(rows: &[Row]) -> (usize, usize, Vec<u8>) {
-    let cell_w = rows.iter().map(|r| r.width).max().unwrap_or(0);
-    let cell_h = rows.iter().map(|r| r.height).max().unwrap_or(0);
-    let width = 3 * cell_w + 2 * GAP;
-    let height = rows.len() * cell_h + rows.len().saturating_sub(1) * GAP;
-    let mut img = vec![255u8; width * height * 3];
-    for (ri, r) in rows.iter().enumerate() {
-        let hw = r.height * r.width;
-        // SAR: min–max stretch of the tile (a 2–98 % clip would hide nothing on speckle-free data).
-        let (lo, hi) = r.sar.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        for y in 0..r.height {
-            for x in 0..r.width {
-                let p = y * r.width + x;
+    render_rows(
+        rows,
+        |r| (r.height, r.width),
+        |r| {
+            let hw = r.height * r.width;
+            // SAR: min–max stretch of the tile (a 2–98 % clip would hide nothing on speckle-free data).
+            let (lo, span) = stretch(&r.sar);
+            move |p| {
                 let g = to_u8((r.sar[p] - lo) / span);
-                let rgb = |o: &[f32]| [o[2 * hw + p], o[hw + p], o[p]].map(|v| to_u8(v * RGB_GAIN));
-                for (panel, px) in [[g, g, g], rgb(&r.prediction), rgb(&r.target)].into_iter().enumerate() {
-                    let (ox, oy) = (panel * (cell_w + GAP) + x, ri * (cell_h + GAP) + y);
-                    let i = (oy * width + ox) * 3;
-                    img[i..i + 3].copy_from_slice(&px);
-                }
+                [[g, g, g], true_colour(&r.prediction, hw, p, RGB_GAIN), true_colour(&r.target, hw, p, RGB_GAIN)]
             }
-        }
-    }
-    (width, height, img)
+        },
+    )
 }
 
 /// Writes the grid as an 8-bit RGB PNG at `path` (creating its directory).
 pub fn write(path: &Path, rows: &[Row]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let (w, h, pixels) = render(rows);
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-    writer.write_image_data(&pixels).map_err(std::io::Error::other)?;
-    writer.finish().map_err(std::io::Error::other)
+    write_rgb_png(path, w, h, &pixels)
 }
 
 #[cfg(test)]

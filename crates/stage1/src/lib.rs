@@ -13,11 +13,10 @@ pub mod error;
 pub mod grid;
 pub mod predict;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
 use losses::combined::CombinedLoss;
@@ -29,9 +28,12 @@ use losses::structure::{MsSsimConfig, ms_ssim_loss};
 use sarmodels::denoiser::{Denoiser, sample, training_loss};
 use sarmodels::generator::Generator;
 use sarmodels::report::ParamCount;
-use sarmodels::{GeneratorConfig, WeightError};
+use sarmodels::{GeneratorConfig, ParamSnapshot, WeightError};
 use tiling::TilingError;
-use tiling::dataset::{DatasetConfig, NpzSource, Sample, Standardization, TileDataset, TileSource};
+use tiling::dataset::{
+    DatasetConfig, NpzSource, Sample, Standardization, TileDataset, TileSetError, TileSource, check_not_empty,
+    decode_parallel, train_val_sources,
+};
 use tiling::tile::Split;
 use trainer::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
@@ -91,27 +93,9 @@ pub fn load_samples(
     epoch: u64,
     workers: usize,
 ) -> Result<Vec<Sample>, Stage1Error> {
-    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(chunk)
-            .map(|part| {
-                let first = part.first().copied();
-                (first, scope.spawn(move || part.iter().map(|&i| dataset.sample(i, epoch)).collect::<Vec<_>>()))
-            })
-            .collect();
-        let mut samples = Vec::with_capacity(indices.len());
-        for (first, handle) in handles {
-            // A panic while decoding is a bug in a reader; report it against the tiles of that chunk.
-            let decoded = handle.join().map_err(|_| Stage1Error::Decode {
-                path: first.map(|i| dataset.source().path(i)).unwrap_or_default(),
-            })?;
-            for sample in decoded {
-                samples.push(sample?);
-            }
-        }
-        Ok(samples)
-    })
+    // A panic while decoding is a bug in a reader; report it against the tiles of that chunk.
+    let decode_panicked = |first: usize| Stage1Error::Decode { path: dataset.source().path(first) };
+    decode_parallel(indices, workers, |i| Ok(dataset.sample(i, epoch)?), decode_panicked)
 }
 
 /// Converts standardised S2 `[b, 4, h, w]` back to reflectance.
@@ -142,29 +126,7 @@ fn sum_of<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Where the tiles come from: a manifest's splits, a hash split, or a separate validation directory.
 fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), Stage1Error> {
     let dir = data.data_dir.as_deref().ok_or_else(|| Stage1Error::config("data.data_dir", "is not set"))?;
-    let manifest = dir.join("manifest.json");
-    let (train, val, check_split) = if manifest.is_file() {
-        let train = NpzSource::from_manifest(&manifest, Some(Split::Train))?;
-        let val = match &data.val_dir {
-            Some(_) => None,
-            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val))?),
-        };
-        (train, val, true)
-    } else {
-        // No manifest: a stable hash of the tile id decides, so the split does not depend on file order.
-        let all = NpzSource::from_dir(dir)?;
-        let threshold = (data.val_split * 1_000_000.0) as u32;
-        let in_val = |i: usize| crc32c::crc32c(all.tile_id(i).as_bytes()) % 1_000_000 < threshold;
-        let val = if data.val_dir.is_some() { None } else { Some(all.filter(in_val)) };
-        (all.filter(|i| !in_val(i)), val, false)
-    };
-    let val = match (val, &data.val_dir) {
-        (Some(v), _) => v,
-        (None, Some(d)) => NpzSource::from_dir(d)?,
-        // `val` is None only when `val_dir` is set (both branches above).
-        (None, None) => NpzSource::default(),
-    };
-    Ok((train, val, check_split && data.val_dir.is_none()))
+    Ok(train_val_sources(dir, data.val_dir.as_deref(), data.val_split)?)
 }
 
 /// Keeps the first `n` tiles of a source.
@@ -189,29 +151,21 @@ fn check_tile_set(
     generator: &GeneratorConfig,
     min_side: Option<(usize, &str)>,
 ) -> Result<(), Stage1Error> {
-    let Some((h, w)) = source.check_headers()? else { return Ok(()) };
-    let first = source.paths().next().map(Path::to_path_buf).unwrap_or_default();
-    let tile = |message: String| Stage1Error::Tile { path: first.clone(), message };
-    if let Some(side) = data.tile_size
-        && (h, w) != (side, side)
-    {
-        return Err(Stage1Error::config(
-            "data.tile_size",
-            format!("is {side} but the {name} tiles are {h}x{w} (e.g. {})", first.display()),
-        ));
-    }
-    generator
-        .check_input(h, w)
-        .map_err(|e| tile(format!("{name} tiles are {h}x{w}, which model.size does not fit: {e}")))?;
-    if let Some((side, what)) = min_side
-        && (h < side || w < side)
-    {
-        return Err(tile(format!(
-            "{name} tiles are {h}x{w}, smaller than the {side}x{side} minimum of {what}; \
-             cut larger tiles (trainyard-tile --size {side} or more)"
-        )));
-    }
+    let fits = |h, w| generator.check_input(h, w).map_err(|e| e.to_string());
+    tiling::dataset::check_tile_set(name, source, data.tile_size, fits, min_side)?;
     Ok(())
+}
+
+/// The shared tile-set checks' errors as this stage's (`data.tile_size` names the size key).
+impl From<TileSetError> for Stage1Error {
+    fn from(e: TileSetError) -> Self {
+        match e {
+            TileSetError::Tiles(e) => Stage1Error::Tiles(e),
+            e @ TileSetError::TileSize { .. } => Stage1Error::config("data.tile_size", e.to_string()),
+            TileSetError::NoTiles { dir, what } => Stage1Error::NoTiles { dir, what },
+            TileSetError::Tile { path, message } => Stage1Error::Tile { path, message },
+        }
+    }
 }
 
 /// The stage-1 task over loaded tile sets.
@@ -224,7 +178,7 @@ pub struct Stage1Task<B: AutodiffBackend> {
     ms_ssim: MsSsimConfig,
     lpips: Option<Lpips<B>>,
     /// The `model.pretrained` base, read and checked against the model when the task was built.
-    base: Option<BaseWeights>,
+    base: Option<ParamSnapshot>,
     timesteps: AtomicUsize,
     epoch: AtomicU64,
     validation_step: AtomicU64,
@@ -249,19 +203,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let train = take(train, data.max_tiles);
         let val = take(val, data.max_val_tiles);
         let dir = data.data_dir.as_deref().unwrap_or(Path::new("."));
-        if train.is_empty() {
-            return Err(Stage1Error::NoTiles {
-                dir: dir.to_path_buf(),
-                what: "training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
-            });
-        }
-        if val.is_empty() {
-            let from = data.val_dir.as_deref().unwrap_or(dir);
-            return Err(Stage1Error::NoTiles {
-                dir: from.to_path_buf(),
-                what: "validation tiles (set data.val_dir or data.val_split)",
-            });
-        }
+        check_not_empty(&train, &val, dir, data.val_dir.as_deref())?;
         let loss = CombinedLoss::new(&config.loss.weights(), &config::LOSS_TERMS).map_err(|e| {
             Stage1Error::config("loss", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
@@ -299,7 +241,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
         let val = dataset(val, Split::Val, false)?;
 
         let base = match &config.model.pretrained {
-            Some(path) => Some(BaseWeights::read::<B>(&generator, path, device)?),
+            Some(path) => Some(read_base::<B>(&generator, path, device)?),
             None => None,
         };
         if config.model.lora.enabled && config.model.pretrained.is_none() {
@@ -468,75 +410,25 @@ fn mean_training_image(
     Ok(Some((mean.iter().map(|&v| v as f32).collect(), h, w)))
 }
 
-/// Base weights of `model.pretrained`, read once when the task is built: every base (non-adapter)
-/// parameter by its dotted path, as loaded and checked by `sarmodels`' `load_base`.
-struct BaseWeights {
-    tensors: BTreeMap<String, TensorData>,
-}
-
-/// Whether a parameter path belongs to a LoRA adapter (`sarmodels` names them `adapter`).
+/// Whether a parameter path belongs to a LoRA adapter (`sarmodels` names them `adapter`): never
+/// read from a base file.
 fn in_adapter(path: &[String]) -> bool {
     path.iter().any(|p| p == "adapter")
 }
 
-impl BaseWeights {
-    /// Loads `path` into a generator of `config` (so every key and shape is checked) and keeps
-    /// its base parameters.
-    fn read<B: Backend>(config: &GeneratorConfig, path: &Path, device: &B::Device) -> Result<Self, Stage1Error> {
-        let generator = config
-            .try_init::<B>(device)
-            .map_err(|e| Stage1Error::config("model", e.to_string()))?
-            .load_base(path)
-            .map_err(Stage1Error::Pretrained)?;
-        struct Collect {
-            path: Vec<String>,
-            tensors: BTreeMap<String, TensorData>,
-        }
-        impl<B: Backend> ModuleVisitor<B> for Collect {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_owned());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if !in_adapter(&self.path) {
-                    self.tensors.insert(self.path.join("."), param.val().into_data());
-                }
-            }
-        }
-        let mut collect = Collect { path: Vec::new(), tensors: BTreeMap::new() };
-        generator.visit(&mut collect);
-        Ok(Self { tensors: collect.tensors })
-    }
-
-    /// `generator` with these base weights in place of its own (adapters and trainability kept).
-    fn apply<B: Backend>(&self, generator: Generator<B>) -> Generator<B> {
-        struct Apply<'a> {
-            path: Vec<String>,
-            tensors: &'a BTreeMap<String, TensorData>,
-        }
-        impl<B: Backend> ModuleMapper<B> for Apply<'_> {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_owned());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-                if in_adapter(&self.path) {
-                    return param;
-                }
-                // Same config as when the weights were read, so every base parameter has its entry.
-                let Some(data) = self.tensors.get(&self.path.join(".")) else { return param };
-                let (id, tensor, _mapper) = param.consume();
-                let (device, shape, trainable) = (tensor.device(), tensor.shape(), tensor.is_require_grad());
-                let value = Tensor::<B, D>::from_data(data.clone(), &device);
-                Param::uninitialized(id, move |_, grad| value.clone().set_require_grad(grad), device, trainable, shape)
-            }
-        }
-        generator.map(&mut Apply { path: Vec::new(), tensors: &self.tensors })
-    }
+/// Loads `model.pretrained` (`path`) into a generator of `config` (so every key and shape is
+/// checked) and keeps its base (non-adapter) parameters, once when the task is built.
+fn read_base<B: Backend>(
+    config: &GeneratorConfig,
+    path: &Path,
+    device: &B::Device,
+) -> Result<ParamSnapshot, Stage1Error> {
+    let generator = config
+        .try_init::<B>(device)
+        .map_err(|e| Stage1Error::config("model", e.to_string()))?
+        .load_base(path)
+        .map_err(Stage1Error::Pretrained)?;
+    Ok(ParamSnapshot::of(&generator, in_adapter))
 }
 
 impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {

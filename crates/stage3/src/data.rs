@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use tiling::dataset::{NpzSource, Sample, Standardization, TileDataset, TileSource};
+use tiling::dataset::{NpzSource, Sample, Standardization, TileDataset, TileSource, decode_parallel};
 use tiling::stage2::{estimate_path, read_estimate};
 
 use crate::error::Stage3Error;
@@ -147,26 +147,9 @@ pub fn load_samples(
     epoch: u64,
     workers: usize,
 ) -> Result<Vec<Stage3Sample>, Stage3Error> {
-    let chunk = indices.len().div_ceil(workers.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(chunk)
-            .map(|part| {
-                let first = part.first().copied();
-                (first, scope.spawn(move || part.iter().map(|&i| data.sample(i, epoch)).collect::<Vec<_>>()))
-            })
-            .collect();
-        let mut samples = Vec::with_capacity(indices.len());
-        for (first, handle) in handles {
-            let decoded = handle.join().map_err(|_| Stage3Error::Decode {
-                path: first.map(|i| data.tiles.source().path(i)).unwrap_or_default(),
-            })?;
-            for sample in decoded {
-                samples.push(sample?);
-            }
-        }
-        Ok(samples)
-    })
+    // A panic while decoding is a bug in a reader; report it against the tiles of that chunk.
+    let decode_panicked = |first: usize| Stage3Error::Decode { path: data.tiles.source().path(first) };
+    decode_parallel(indices, workers, |i| data.sample(i, epoch), decode_panicked)
 }
 
 /// A batch on the device.

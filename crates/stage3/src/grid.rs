@@ -2,8 +2,12 @@
 //! validation tile (`num_example_images`), five panels — SAR VV | opt_v2 | opt_v3 | truth |
 //! |opt_v3 − opt_v2| — optical panels as true colour (B4, B3, B2).
 
-use std::io::BufWriter;
 use std::path::Path;
+
+#[cfg(test)]
+use tiling::preview::GAP;
+pub use tiling::preview::RGB_GAIN;
+use tiling::preview::{render_rows, stretch, to_u8, true_colour, write_rgb_png};
 
 /// One row of the image.
 pub struct Row {
@@ -21,67 +25,35 @@ pub struct Row {
     pub width: usize,
 }
 
-/// Gain applied to reflectance for display (0.33 reflectance → white), the usual true-colour stretch.
-pub const RGB_GAIN: f32 = 3.0;
 /// Gain of the change panel: the mean absolute change over the four bands, 0.05 reflectance → white.
 pub const CHANGE_GAIN: f32 = 20.0;
 /// Panels per row.
 pub const PANELS: usize = 5;
-/// Pixels between panels.
-const GAP: usize = 2;
-
-fn to_u8(v: f32) -> u8 {
-    if v.is_finite() { (v.clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 }
-}
 
 /// Renders the rows into an RGB image: `(width, height, pixels)`.
 pub fn render(rows: &[Row]) -> (usize, usize, Vec<u8>) {
-    let cell_w = rows.iter().map(|r| r.width).max().unwrap_or(0);
-    let cell_h = rows.iter().map(|r| r.height).max().unwrap_or(0);
-    let width = PANELS * cell_w + (PANELS - 1) * GAP;
-    let height = rows.len() * cell_h + rows.len().saturating_sub(1) * GAP;
-    let mut img = vec![255u8; width * height * 3];
-    for (ri, r) in rows.iter().enumerate() {
-        let hw = r.height * r.width;
-        // SAR: min–max stretch of the tile.
-        let (lo, hi) = r
-            .sar
-            .iter()
-            .filter(|v| v.is_finite())
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        for y in 0..r.height {
-            for x in 0..r.width {
-                let p = y * r.width + x;
+    render_rows::<_, _, PANELS>(
+        rows,
+        |r| (r.height, r.width),
+        |r| {
+            let hw = r.height * r.width;
+            // SAR: min–max stretch of the tile.
+            let (lo, span) = stretch(&r.sar);
+            move |p| {
                 let g = to_u8((r.sar[p] - lo) / span);
-                let rgb = |o: &[f32]| [o[2 * hw + p], o[hw + p], o[p]].map(|v| to_u8(v * RGB_GAIN));
+                let rgb = |o: &[f32]| true_colour(o, hw, p, RGB_GAIN);
                 let change = (0..4).map(|b| (r.opt_v3[b * hw + p] - r.opt_v2[b * hw + p]).abs()).sum::<f32>() / 4.0;
                 let c = to_u8(change * CHANGE_GAIN);
-                let panels = [[g, g, g], rgb(&r.opt_v2), rgb(&r.opt_v3), rgb(&r.truth), [c, c, c]];
-                for (panel, px) in panels.into_iter().enumerate() {
-                    let (ox, oy) = (panel * (cell_w + GAP) + x, ri * (cell_h + GAP) + y);
-                    let i = (oy * width + ox) * 3;
-                    img[i..i + 3].copy_from_slice(&px);
-                }
+                [[g, g, g], rgb(&r.opt_v2), rgb(&r.opt_v3), rgb(&r.truth), [c, c, c]]
             }
-        }
-    }
-    (width, height, img)
+        },
+    )
 }
 
 /// Writes the image as an 8-bit RGB PNG at `path` (creating its directory).
 pub fn write(path: &Path, rows: &[Row]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let (w, h, pixels) = render(rows);
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-    writer.write_image_data(&pixels).map_err(std::io::Error::other)?;
-    writer.finish().map_err(std::io::Error::other)
+    write_rgb_png(path, w, h, &pixels)
 }
 
 #[cfg(test)]

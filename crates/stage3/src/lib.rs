@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use losses::combined::CombinedLoss;
@@ -33,9 +33,12 @@ use losses::grounding::{
 use losses::lpips::{Lpips, rgb_from_s2};
 use losses::sar::sar_agreement_per_sample;
 use losses::structure::{SsimConfig, ssim_per_image};
+use sarmodels::ParamSnapshot;
 use sarmodels::grounding::GroundingModel;
 use sarmodels::report::ParamCount;
-use tiling::dataset::{DatasetConfig, NpzSource, Standardization, TileDataset, TileSource};
+use tiling::dataset::{
+    DatasetConfig, NpzSource, Standardization, TileDataset, TileSetError, check_not_empty, train_val_sources,
+};
 use tiling::tile::Split;
 use trainer::{Metrics, Mode, Selection, StepOutput, Task, TaskResult};
 
@@ -72,27 +75,7 @@ fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
 /// Where the tiles come from: a manifest's splits, a hash split, or a separate validation directory.
 fn sources(data: &DataSection) -> Result<(NpzSource, NpzSource, bool), Stage3Error> {
     let dir = data.data_dir.as_deref().ok_or_else(|| Stage3Error::config("data.data_dir", "is not set"))?;
-    let manifest = dir.join("manifest.json");
-    let (train, val, check_split) = if manifest.is_file() {
-        let train = NpzSource::from_manifest(&manifest, Some(Split::Train))?;
-        let val = match &data.val_dir {
-            Some(_) => None,
-            None => Some(NpzSource::from_manifest(&manifest, Some(Split::Val))?),
-        };
-        (train, val, true)
-    } else {
-        let all = NpzSource::from_dir(dir)?;
-        let threshold = (data.val_split * 1_000_000.0) as u32;
-        let in_val = |i: usize| crc32c::crc32c(all.tile_id(i).as_bytes()) % 1_000_000 < threshold;
-        let val = if data.val_dir.is_some() { None } else { Some(all.filter(in_val)) };
-        (all.filter(|i| !in_val(i)), val, false)
-    };
-    let val = match (val, &data.val_dir) {
-        (Some(v), _) => v,
-        (None, Some(d)) => NpzSource::from_dir(d)?,
-        (None, None) => NpzSource::default(),
-    };
-    Ok((train, val, check_split && data.val_dir.is_none()))
+    Ok(train_val_sources(dir, data.val_dir.as_deref(), data.val_split)?)
 }
 
 /// Checks one tile set when the task is built: headers, one size equal to `data.tile_size` when
@@ -104,36 +87,22 @@ fn check_tile_set(
     model: &ModelSection,
     min_side: (usize, &str),
 ) -> Result<(), Stage3Error> {
-    let Some((h, w)) = source.check_headers()? else { return Ok(()) };
-    let first = source.paths().next().map(Path::to_path_buf).unwrap_or_default();
-    let tile = |message: String| Stage3Error::Tile { path: first.clone(), message };
-    if let Some(side) = data.tile_size
-        && (h, w) != (side, side)
-    {
-        return Err(Stage3Error::config(
-            "data.tile_size",
-            format!("is {side} but the {name} tiles are {h}x{w} (e.g. {})", first.display()),
-        ));
-    }
-    model
-        .grounding()
-        .check_input(h, w)
-        .map_err(|e| tile(format!("{name} tiles are {h}x{w}, which model.size does not fit: {e}")))?;
-    let (side, what) = min_side;
-    if h < side || w < side {
-        return Err(tile(format!(
-            "{name} tiles are {h}x{w}, smaller than the {side}x{side} minimum of {what}; cut larger tiles \
-             (trainyard-tile --size {side} or more)"
-        )));
-    }
+    let grounding = model.grounding();
+    let fits = |h, w| grounding.check_input(h, w).map_err(|e| e.to_string());
+    tiling::dataset::check_tile_set(name, source, data.tile_size, fits, Some(min_side))?;
     Ok(())
 }
 
-/// Base parameters of `model.pretrained`, read and checked once when the task is built; applied to
-/// every freshly initialised model (so the run's seed decides the adapters and the optical
-/// embedding, and the file decides the base).
-struct BaseWeights {
-    tensors: BTreeMap<String, TensorData>,
+/// The shared tile-set checks' errors as this stage's (`data.tile_size` names the size key).
+impl From<TileSetError> for Stage3Error {
+    fn from(e: TileSetError) -> Self {
+        match e {
+            TileSetError::Tiles(e) => Stage3Error::Tiles(e),
+            e @ TileSetError::TileSize { .. } => Stage3Error::config("data.tile_size", e.to_string()),
+            TileSetError::NoTiles { dir, what } => Stage3Error::NoTiles { dir, what },
+            TileSetError::Tile { path, message } => Stage3Error::Tile { path, message },
+        }
+    }
 }
 
 /// Whether a parameter path is never read from a stage-1 file: the adapters and the optical embedding.
@@ -141,58 +110,17 @@ fn not_from_base(path: &[String]) -> bool {
     path.iter().any(|p| p == "adapter" || p == "optical_embed")
 }
 
-impl BaseWeights {
-    fn read<B: Backend>(model: &ModelSection, path: &Path, device: &B::Device) -> Result<Self, Stage3Error> {
-        let loaded = model
-            .grounding()
-            .try_init::<B>(device)
-            .map_err(|e| Stage3Error::config("model", e.to_string()))?
-            .load_base(path)
-            .map_err(Stage3Error::Pretrained)?;
-        struct Collect {
-            path: Vec<String>,
-            tensors: BTreeMap<String, TensorData>,
-        }
-        impl<B: Backend> ModuleVisitor<B> for Collect {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_owned());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if !not_from_base(&self.path) {
-                    self.tensors.insert(self.path.join("."), param.val().into_data());
-                }
-            }
-        }
-        let mut collect = Collect { path: Vec::new(), tensors: BTreeMap::new() };
-        loaded.visit(&mut collect);
-        Ok(Self { tensors: collect.tensors })
-    }
-
-    fn apply<B: Backend>(&self, model: Stage3Model<B>) -> Stage3Model<B> {
-        struct Apply<'a> {
-            path: Vec<String>,
-            tensors: &'a BTreeMap<String, TensorData>,
-        }
-        impl<B: Backend> ModuleMapper<B> for Apply<'_> {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_owned());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-                let Some(data) = self.tensors.get(&self.path.join(".")) else { return param };
-                let (id, tensor, _mapper) = param.consume();
-                let (device, shape, trainable) = (tensor.device(), tensor.shape(), tensor.is_require_grad());
-                let value = Tensor::<B, D>::from_data(data.clone(), &device);
-                Param::uninitialized(id, move |_, grad| value.clone().set_require_grad(grad), device, trainable, shape)
-            }
-        }
-        model.map(&mut Apply { path: Vec::new(), tensors: &self.tensors })
-    }
+/// Base parameters of `model.pretrained`, read and checked once when the task is built; applied to
+/// every freshly initialised model (so the run's seed decides the adapters and the optical
+/// embedding, and the file decides the base).
+fn read_base<B: Backend>(model: &ModelSection, path: &Path, device: &B::Device) -> Result<ParamSnapshot, Stage3Error> {
+    let loaded = model
+        .grounding()
+        .try_init::<B>(device)
+        .map_err(|e| Stage3Error::config("model", e.to_string()))?
+        .load_base(path)
+        .map_err(Stage3Error::Pretrained)?;
+    Ok(ParamSnapshot::of(&loaded, not_from_base))
 }
 
 /// Named scalar loss terms of one batch.
@@ -208,7 +136,7 @@ pub struct Stage3Task<B: AutodiffBackend> {
     sar_consistency: SarConsistency,
     ssim: SsimConfig,
     lpips: Option<Lpips<B>>,
-    base: Option<BaseWeights>,
+    base: Option<ParamSnapshot>,
     timesteps: AtomicUsize,
     epoch: AtomicU64,
     validation_step: AtomicU64,
@@ -234,19 +162,7 @@ impl<B: AutodiffBackend> Stage3Task<B> {
             None => val,
         };
         let dir = data.data_dir.as_deref().unwrap_or(Path::new("."));
-        if train.is_empty() {
-            return Err(Stage3Error::NoTiles {
-                dir: dir.to_path_buf(),
-                what: "training tiles (expected *.npz tiles, e.g. from trainyard-tile)",
-            });
-        }
-        if val.is_empty() {
-            let from = data.val_dir.as_deref().unwrap_or(dir);
-            return Err(Stage3Error::NoTiles {
-                dir: from.to_path_buf(),
-                what: "validation tiles (set data.val_dir or data.val_split)",
-            });
-        }
+        check_not_empty(&train, &val, dir, data.val_dir.as_deref())?;
         let loss = CombinedLoss::new(&config.loss.weights(), &config::LOSS_TERMS).map_err(|e| {
             Stage3Error::config("loss", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
@@ -302,7 +218,7 @@ impl<B: AutodiffBackend> Stage3Task<B> {
         val.check_estimates()?;
 
         let base = match config.model.base_path() {
-            Some(path) => Some(BaseWeights::read::<B>(&config.model, path, device)?),
+            Some(path) => Some(read_base::<B>(&config.model, path, device)?),
             None => {
                 tracing::warn!(
                     "model.pretrained: false — grounding with a RANDOM, frozen SAR encoder and head; only for tests: \
