@@ -1230,4 +1230,46 @@ mod tests {
         assert!(matches!(err, TileSetError::Tiles(_)), "{err:?}");
         assert!(err.to_string().contains("broken"), "{err}");
     }
+
+    /// Tiles of `side`² from synthetic scenes, with the tiler's manifest and scene splits.
+    fn synthetic_tiles(dir: &Path, side: usize) {
+        use crate::synthetic::{SyntheticConfig, SyntheticScene};
+        let cfg = SyntheticConfig::new(2 * side, 2 * side, 7);
+        let scenes =
+            (0..10u64).map(|i| SyntheticScene::generate(&cfg, i).with_fake_georeference().to_scene()).collect();
+        let tiler = crate::tiler::TilerConfig { size: side, seed: 7, ..Default::default() };
+        crate::tiler::tile_scenes(dir, scenes, tiler).unwrap();
+    }
+
+    #[test]
+    fn manifest_splits_and_the_tile_set_checks_name_key_tile_and_minimum() {
+        let tmp = tempfile::tempdir().unwrap();
+        synthetic_tiles(tmp.path(), 16);
+        let (train, val, check_split) = train_val_sources(tmp.path(), None, 0.5).unwrap();
+        assert!(check_split, "both sets from the manifest: sidecar splits are checked");
+        assert!(!train.is_empty() && !val.is_empty(), "{} / {}", train.len(), val.len());
+        let (_, _, with_val_dir) = train_val_sources(tmp.path(), Some(tmp.path()), 0.5).unwrap();
+        assert!(!with_val_dir, "a separate val dir is not split-checked");
+
+        let fits = |_: usize, _: usize| Ok(());
+        check_tile_set("training", &train, Some(16), fits, Some((11, "MS-SSIM"))).unwrap();
+        let first = train.paths().next().unwrap().display().to_string();
+
+        let err = check_tile_set("training", &train, Some(32), fits, None).unwrap_err();
+        assert!(matches!(err, TileSetError::TileSize { expected: 32, height: 16, width: 16, .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("is 32 but the training tiles are 16x16 (e.g. {first})"));
+
+        let err = check_tile_set("validation", &train, None, |h, w| Err(format!("{h}x{w} is no grid")), None);
+        let err = err.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{first}: validation tiles are 16x16, which model.size does not fit: 16x16 is no grid")
+        );
+
+        let err = check_tile_set("training", &train, None, fits, Some((24, "MS-SSIM"))).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{first}: training tiles are 16x16, smaller than the 24x24 minimum of MS-SSIM"))
+        );
+        assert!(err.contains("--size 24"), "{err}");
+    }
 }
