@@ -6,7 +6,7 @@ use std::path::Path;
 #[cfg(test)]
 use tiling::preview::GAP;
 pub use tiling::preview::RGB_GAIN;
-use tiling::preview::{render_rows, stretch, to_u8, true_colour, write_rgb_png};
+use tiling::preview::{grey_stretch, render_rows, true_colour, write_rgb_png};
 
 /// One row of the grid.
 pub struct Row {
@@ -28,13 +28,9 @@ pub fn render(rows: &[Row]) -> (usize, usize, Vec<u8>) {
         rows,
         |r| (r.height, r.width),
         |r| {
-            let hw = r.height * r.width;
             // SAR: min–max stretch of the tile (a 2–98 % clip would hide nothing on speckle-free data).
-            let (lo, span) = stretch(&r.sar);
-            move |p| {
-                let g = to_u8((r.sar[p] - lo) / span);
-                [[g, g, g], true_colour(&r.prediction, hw, p, RGB_GAIN), true_colour(&r.target, hw, p, RGB_GAIN)]
-            }
+            let (hw, sar) = (r.height * r.width, grey_stretch(&r.sar));
+            move |p| [sar(p), true_colour(&r.prediction, hw, p, RGB_GAIN), true_colour(&r.target, hw, p, RGB_GAIN)]
         },
     )
 }

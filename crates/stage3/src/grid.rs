@@ -7,7 +7,7 @@ use std::path::Path;
 #[cfg(test)]
 use tiling::preview::GAP;
 pub use tiling::preview::RGB_GAIN;
-use tiling::preview::{render_rows, stretch, to_u8, true_colour, write_rgb_png};
+use tiling::preview::{grey_stretch, render_rows, to_u8, true_colour, write_rgb_png};
 
 /// One row of the image.
 pub struct Row {
@@ -36,15 +36,13 @@ pub fn render(rows: &[Row]) -> (usize, usize, Vec<u8>) {
         rows,
         |r| (r.height, r.width),
         |r| {
-            let hw = r.height * r.width;
             // SAR: min–max stretch of the tile.
-            let (lo, span) = stretch(&r.sar);
+            let (hw, sar) = (r.height * r.width, grey_stretch(&r.sar));
             move |p| {
-                let g = to_u8((r.sar[p] - lo) / span);
                 let rgb = |o: &[f32]| true_colour(o, hw, p, RGB_GAIN);
                 let change = (0..4).map(|b| (r.opt_v3[b * hw + p] - r.opt_v2[b * hw + p]).abs()).sum::<f32>() / 4.0;
                 let c = to_u8(change * CHANGE_GAIN);
-                [[g, g, g], rgb(&r.opt_v2), rgb(&r.opt_v3), rgb(&r.truth), [c, c, c]]
+                [sar(p), rgb(&r.opt_v2), rgb(&r.opt_v3), rgb(&r.truth), [c, c, c]]
             }
         },
     )

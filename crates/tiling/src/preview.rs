@@ -26,6 +26,15 @@ pub fn stretch(values: &[f32]) -> (f32, f32) {
     if hi > lo { (lo, hi - lo) } else { (lo, 1.0) }
 }
 
+/// The grey panel of a SAR plane: pixel `p` under the plane's [`stretch`] (min black, max white).
+pub fn grey_stretch(values: &[f32]) -> impl Fn(usize) -> [u8; 3] + '_ {
+    let (lo, span) = stretch(values);
+    move |p| {
+        let g = to_u8((values[p] - lo) / span);
+        [g, g, g]
+    }
+}
+
 /// The true-colour pixel `p` of `[4, hw]` planes (B2, B3, B4, B8): (B4, B3, B2) × `gain`, quantised.
 pub fn true_colour(planes: &[f32], hw: usize, p: usize, gain: f32) -> [u8; 3] {
     [planes[2 * hw + p], planes[hw + p], planes[p]].map(|v| to_u8(v * gain))
@@ -95,6 +104,8 @@ mod tests {
         assert_eq!([to_u8(-1.0), to_u8(0.5), to_u8(2.0), to_u8(f32::NAN), to_u8(f32::INFINITY)], [0, 128, 255, 0, 0]);
         assert_eq!(stretch(&[-1.0, f32::NAN, 3.0, f32::NEG_INFINITY]), (-1.0, 4.0));
         assert_eq!(stretch(&[2.0, 2.0]), (2.0, 1.0));
+        let grey = grey_stretch(&[-1.0, 1.0, 0.0, f32::NAN]);
+        assert_eq!([grey(0), grey(1), grey(2), grey(3)], [[0; 3], [255; 3], [128; 3], [0; 3]]);
         // One pixel: B2 0, B3 0.1, B4 1.
         assert_eq!(true_colour(&[0.0, 0.1, 1.0, 0.5], 1, 0, RGB_GAIN), [255, 77, 0]);
     }
