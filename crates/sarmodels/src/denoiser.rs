@@ -299,10 +299,46 @@ pub fn sample<B: Backend>(
     steps: usize,
     seed: u64,
 ) -> Tensor<B, 4> {
+    let dims = cond.dims();
+    let noise = normal_noise(seed, dims.iter().product());
+    sample_from(denoiser, cond, sar, steps, noise)
+}
+
+/// [`sample`] with one seed per sample (`seeds.len()` = batch): sample `i` starts from
+/// `normal_noise(seeds[i], …)`, so a sample's result does not depend on the batch it is in
+/// (`sample` with one seed and a batch of one is the same draw).
+///
+/// # Panics
+/// If `seeds.len()` differs from the batch, or as [`sample`].
+pub fn sample_per_sample<B: Backend>(
+    denoiser: &Denoiser<B>,
+    cond: Tensor<B, 4>,
+    sar: Tensor<B, 4>,
+    steps: usize,
+    seeds: &[u64],
+) -> Tensor<B, 4> {
+    let [b, c, h, w] = cond.dims();
+    assert_eq!(seeds.len(), b, "one seed per sample: {} seeds for a batch of {b}", seeds.len());
+    let noise = seeds.iter().flat_map(|&s| normal_noise(s, c * h * w)).collect();
+    sample_from(denoiser, cond, sar, steps, noise)
+}
+
+/// `n` standard normal values from `ChaCha8Rng::seed_from_u64(seed)` (Box–Muller over pairs of
+/// uniforms): the starting noise of [`sample`].
+pub fn normal_noise(seed: u64, n: usize) -> Vec<f32> {
+    normal_samples(&mut ChaCha8Rng::seed_from_u64(seed), n)
+}
+
+/// DDIM from the given starting noise (row-major, `cond`'s shape).
+fn sample_from<B: Backend>(
+    denoiser: &Denoiser<B>,
+    cond: Tensor<B, 4>,
+    sar: Tensor<B, 4>,
+    steps: usize,
+    noise: Vec<f32>,
+) -> Tensor<B, 4> {
     let schedule = denoiser.schedule();
     let dims = cond.dims();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let noise = normal_samples(&mut rng, dims.iter().product());
     let x_t = Tensor::<B, 4>::from_data(TensorData::new(noise, dims), &cond.device());
     let b = dims[0];
     sample_with(&schedule, x_t, steps, |x, t| denoiser.forward(x, cond.clone(), sar.clone(), &vec![t; b]))
@@ -442,6 +478,23 @@ mod tests {
         let a = host(sample(&d, cond.clone(), sar.clone(), 4, 7));
         assert_eq!(a, host(sample(&d, cond.clone(), sar.clone(), 4, 7)));
         assert!(max_abs_diff(&a, &host(sample(&d, cond, sar, 4, 8))) > 1e-4);
+    }
+
+    #[test]
+    fn per_sample_seeds_make_a_sample_independent_of_its_batch() {
+        let device = Default::default();
+        let d = random_out(small().init::<B>(2, 4, &device), &device);
+        let cond = Tensor::<B, 4>::random([2, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let sar = Tensor::<B, 4>::random([2, 2, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let both = host(sample_per_sample(&d, cond.clone(), sar.clone(), 4, &[11, 12]));
+        for (i, seed) in [11u64, 12].into_iter().enumerate() {
+            let one = |t: &Tensor<B, 4>| t.clone().slice([i..i + 1]);
+            let alone = host(sample(&d, one(&cond), one(&sar), 4, seed));
+            let n = alone.len();
+            assert!(max_abs_diff(&alone, &both[i * n..(i + 1) * n]) < 1e-6, "sample {i}");
+        }
+        assert_eq!(normal_noise(5, 7).len(), 7);
+        assert_eq!(normal_noise(5, 7), normal_noise(5, 8)[..7]);
     }
 
     #[test]

@@ -14,12 +14,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use checkpoints::format::{CheckpointError, CheckpointFile};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use sarmodels::denoiser::sample_with;
+use sarmodels::denoiser::sample_per_sample;
 use serde::{Deserialize, Serialize};
 use tiling::TilingError;
 use tiling::dataset::{DatasetConfig, NpzSource, Standardization, TileDataset, TileSource};
@@ -177,37 +175,11 @@ pub fn standardization(config: &Stage1Config) -> Standardization {
     if config.model.standardize { Standardization::terramind_v1() } else { Standardization::none() }
 }
 
-/// `n` standard normal samples drawn as `sarmodels::denoiser::sample` draws its starting noise
-/// (Box–Muller over pairs of ChaCha8 uniforms), so a one-tile batch here equals
-/// [`Stage1Model::predict`] with the tile's seed.
-fn tile_noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1: f64 = 1.0 - rng.random::<f64>();
-        let u2: f64 = rng.random::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let theta = std::f64::consts::TAU * u2;
-        out.push((r * theta.cos()) as f32);
-        out.push((r * theta.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
 /// The refined prediction `[b, 4, h, w]` (standardised) of `sar` `[b, 2, h, w]`: the generator's
 /// output plus the DDIM residual started from each tile's own noise (`seeds`, one per tile).
 pub fn refine<B: Backend>(model: &Stage1Model<B>, sar: Tensor<B, 4>, timesteps: usize, seeds: &[u64]) -> Tensor<B, 4> {
     let head = model.generator.forward(sar.clone());
-    let dims = head.dims();
-    let per_tile = dims[1] * dims[2] * dims[3];
-    let noise: Vec<f32> = seeds.iter().flat_map(|&s| tile_noise(s, per_tile)).collect();
-    let x_t = Tensor::<B, 4>::from_data(TensorData::new(noise, dims), &head.device());
-    let b = dims[0];
-    let schedule = model.denoiser.schedule();
-    let residual = sample_with(&schedule, x_t, timesteps, |x, t| {
-        model.denoiser.forward(x, head.clone(), sar.clone(), &vec![t; b])
-    });
+    let residual = sample_per_sample(&model.denoiser, head.clone(), sar, timesteps, seeds);
     head + residual
 }
 

@@ -220,9 +220,10 @@ impl<B: AutodiffBackend> Stage3Task<B> {
         let base = match config.model.base_path() {
             Some(path) => Some(read_base::<B>(&config.model, path, device)?),
             None => {
+                let frozen = if config.model.freeze_base_model { "frozen" } else { "trainable" };
                 tracing::warn!(
-                    "model.pretrained: false — grounding with a RANDOM, frozen SAR encoder and head; only for tests: \
-                     set it to stage 1's base_model.safetensors for a real run"
+                    "model.pretrained: false — grounding with a RANDOM ({frozen}) SAR encoder, cross-attention and \
+                     head; only for tests and smoke runs: set it to stage 1's base_model.safetensors for a real run"
                 );
                 None
             }
