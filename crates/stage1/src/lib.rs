@@ -14,7 +14,7 @@ pub mod grid;
 pub mod predict;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -179,7 +179,7 @@ pub struct Stage1Task<B: AutodiffBackend> {
     lpips: Option<Lpips<B>>,
     /// The `model.pretrained` base, read and checked against the model when the task was built.
     base: Option<ParamSnapshot>,
-    timesteps: AtomicUsize,
+    timesteps: trainer::oom::DegradeKnob,
     epoch: AtomicU64,
     validation_step: AtomicU64,
     /// Per-pixel mean of the (un-augmented) training targets `[4, h, w]` and its size; `None`
@@ -267,7 +267,12 @@ impl<B: AutodiffBackend> Stage1Task<B> {
             ms_ssim,
             lpips,
             base,
-            timesteps: AtomicUsize::new(config.model.timesteps),
+            timesteps: trainer::oom::DegradeKnob::new(
+                "timesteps",
+                config.model.timesteps,
+                config.model.min_timesteps,
+                config.model.timestep_reduction,
+            ),
             epoch: AtomicU64::new(0),
             validation_step: AtomicU64::new(0),
             mean_image,
@@ -278,7 +283,7 @@ impl<B: AutodiffBackend> Stage1Task<B> {
 
     /// The DDIM steps validation uses now (lowered by out-of-memory recovery).
     pub fn timesteps(&self) -> usize {
-        self.timesteps.load(Ordering::SeqCst)
+        self.timesteps.get()
     }
 
     /// Number of training and validation tiles.
@@ -522,24 +527,15 @@ impl<B: AutodiffBackend> Task<B> for Stage1Task<B> {
     }
 
     fn degrade(&self) -> Option<String> {
-        let now = self.timesteps();
-        let floor = self.config.model.min_timesteps;
-        if now <= floor {
-            return None;
-        }
-        let next = now.saturating_sub(self.config.model.timestep_reduction).max(floor);
-        self.timesteps.store(next, Ordering::SeqCst);
-        Some(format!("timesteps {now} -> {next}"))
+        self.timesteps.degrade()
     }
 
     fn degrade_state(&self) -> serde_json::Value {
-        serde_json::json!({ "timesteps": self.timesteps() })
+        self.timesteps.state()
     }
 
     fn restore_degrade(&self, state: &serde_json::Value) -> Result<(), String> {
-        let t = state["timesteps"].as_u64().ok_or_else(|| format!("expected {{\"timesteps\": N}}, got {state}"))?;
-        self.timesteps.store(t as usize, Ordering::SeqCst);
-        Ok(())
+        self.timesteps.restore(state)
     }
 }
 

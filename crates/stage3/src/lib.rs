@@ -20,7 +20,7 @@ pub mod grid;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -137,7 +137,7 @@ pub struct Stage3Task<B: AutodiffBackend> {
     ssim: SsimConfig,
     lpips: Option<Lpips<B>>,
     base: Option<ParamSnapshot>,
-    timesteps: AtomicUsize,
+    timesteps: trainer::oom::DegradeKnob,
     epoch: AtomicU64,
     validation_step: AtomicU64,
     dataset_id: String,
@@ -252,7 +252,12 @@ impl<B: AutodiffBackend> Stage3Task<B> {
             ssim,
             lpips,
             base,
-            timesteps: AtomicUsize::new(config.model.timesteps),
+            timesteps: trainer::oom::DegradeKnob::new(
+                "timesteps",
+                config.model.timesteps,
+                config.model.min_timesteps,
+                config.model.timestep_reduction,
+            ),
             epoch: AtomicU64::new(0),
             validation_step: AtomicU64::new(0),
             dataset_id,
@@ -262,7 +267,7 @@ impl<B: AutodiffBackend> Stage3Task<B> {
 
     /// The grounding passes in use now (lowered by out-of-memory recovery).
     pub fn timesteps(&self) -> usize {
-        self.timesteps.load(Ordering::SeqCst)
+        self.timesteps.get()
     }
 
     /// Number of training and validation tiles.
@@ -504,24 +509,15 @@ impl<B: AutodiffBackend> Task<B> for Stage3Task<B> {
     }
 
     fn degrade(&self) -> Option<String> {
-        let now = self.timesteps();
-        let floor = self.config.model.min_timesteps;
-        if now <= floor {
-            return None;
-        }
-        let next = now.saturating_sub(self.config.model.timestep_reduction).max(floor);
-        self.timesteps.store(next, Ordering::SeqCst);
-        Some(format!("timesteps {now} -> {next}"))
+        self.timesteps.degrade()
     }
 
     fn degrade_state(&self) -> serde_json::Value {
-        serde_json::json!({ "timesteps": self.timesteps() })
+        self.timesteps.state()
     }
 
     fn restore_degrade(&self, state: &serde_json::Value) -> Result<(), String> {
-        let t = state["timesteps"].as_u64().ok_or_else(|| format!("expected {{\"timesteps\": N}}, got {state}"))?;
-        self.timesteps.store(t as usize, Ordering::SeqCst);
-        Ok(())
+        self.timesteps.restore(state)
     }
 }
 

@@ -71,7 +71,7 @@ fn stage3_with(out: &Path, estimates: &Path) -> Command {
         .arg("--pretrained")
         .arg(&i.base)
         .args(["--set", "model.size=test", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-3"])
-        .args(["--warmup-steps", "2", "--min-steps", "0", "--timesteps", "1"])
+        .args(["--warmup-steps", "2", "--min-steps", "0", "--set", "model.timesteps=1"])
         .args(["--set", "logging.progress=plain", "--set", "logging.tensorboard=false"])
         .args(["--set", "data.num_workers=1", "--set", "data.val_batch_size=4", "--set", "data.max_val_tiles=4"])
         .arg("--output-dir")
@@ -529,4 +529,24 @@ fn lpips_weights_add_the_term_and_lpips_change() {
     c.args(["--validate-config", "--set", "loss.lpips_weight=0.1"]);
     let stderr = fails(c, 2);
     assert!(stderr.contains("loss.lpips.weights"), "{stderr}");
+}
+
+/// An out-of-memory lowers the grounding passes (seed: "reduce timesteps to save memory") down to
+/// `model.min_timesteps`, then the loop splits micro-batches; every step still trains.
+#[test]
+fn an_injected_out_of_memory_lowers_the_passes_and_training_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut c = stage3(&out);
+    c.args(["--steps", "6", "--val-every", "3", "--timesteps", "3", "--set", "model.min_timesteps=2"])
+        .args(["--set", "oom.inject_at_steps=[2, 5]"]);
+    run(c);
+    let evs = events(&out);
+    let ooms = of(&evs, "oom");
+    assert_eq!(ooms.len(), 2, "{ooms:?}");
+    assert_eq!(ooms[0]["action"], "timesteps 3 -> 2");
+    assert_ne!(ooms[1]["action"], "timesteps 2 -> 1", "the floor holds: {}", ooms[1]["action"]);
+    assert_eq!(of(&evs, "train_step").len(), 6, "every step trained");
+    let t: Vec<f64> = of(&evs, "validation").iter().map(|v| v["metrics"]["timesteps"].as_f64().unwrap()).collect();
+    assert_eq!(t, vec![2.0, 2.0], "validation grounds with the lowered pass count");
 }

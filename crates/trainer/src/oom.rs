@@ -166,3 +166,68 @@ mod tests {
         assert!(is_oom_message("can't allocate buffer of size: 34359738368"));
     }
 }
+
+/// A stage's degrade knob (stage 1's DDIM steps, stage 3's grounding passes): an integer lowered
+/// by `reduction` per out-of-memory, never below `floor`, saved in checkpoints. A task keeps one
+/// and forwards [`Task::degrade`](crate::Task::degrade), `degrade_state` and `restore_degrade` to it.
+#[derive(Debug)]
+pub struct DegradeKnob {
+    name: &'static str,
+    value: std::sync::atomic::AtomicUsize,
+    floor: usize,
+    reduction: usize,
+}
+
+impl DegradeKnob {
+    /// A knob called `name` (its key in checkpoints and the `oom` event) at `start`.
+    pub fn new(name: &'static str, start: usize, floor: usize, reduction: usize) -> Self {
+        Self { name, value: std::sync::atomic::AtomicUsize::new(start), floor, reduction }
+    }
+
+    /// The value in use now.
+    pub fn get(&self) -> usize {
+        self.value.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// One rung down (`value − reduction`, at least `floor`) and what changed, or `None` at the floor.
+    pub fn degrade(&self) -> Option<String> {
+        let now = self.get();
+        if now <= self.floor {
+            return None;
+        }
+        let next = now.saturating_sub(self.reduction).max(self.floor);
+        self.value.store(next, std::sync::atomic::Ordering::SeqCst);
+        Some(format!("{} {now} -> {next}", self.name))
+    }
+
+    /// `{"<name>": value}`, for checkpoints.
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::json!({ self.name: self.get() })
+    }
+
+    /// Restores a value saved by [`DegradeKnob::state`]; a state without it is an error saying what was expected.
+    pub fn restore(&self, state: &serde_json::Value) -> Result<(), String> {
+        let v = state[self.name].as_u64().ok_or_else(|| format!("expected {{\"{}\": N}}, got {state}", self.name))?;
+        self.value.store(v as usize, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod knob_tests {
+    use super::DegradeKnob;
+
+    #[test]
+    fn a_knob_steps_down_to_its_floor_and_round_trips() {
+        let k = DegradeKnob::new("timesteps", 10, 4, 4);
+        assert_eq!(k.degrade().as_deref(), Some("timesteps 10 -> 6"));
+        assert_eq!(k.degrade().as_deref(), Some("timesteps 6 -> 4"));
+        assert_eq!(k.degrade(), None);
+        assert_eq!(k.state(), serde_json::json!({"timesteps": 4}));
+        let other = DegradeKnob::new("timesteps", 10, 1, 1);
+        other.restore(&k.state()).unwrap();
+        assert_eq!(other.get(), 4);
+        let e = other.restore(&serde_json::json!({"passes": 3})).unwrap_err();
+        assert!(e.contains("timesteps"), "{e}");
+    }
+}
