@@ -255,8 +255,9 @@ fn refusals_name_their_key_and_the_reason() {
     assert!(stderr.contains("model.pretrained") && stderr.contains("is not set"), "{stderr}");
 
     for (set, key, words) in [
-        // `--set` takes native keys (the file's seed names are aliases of these).
+        // `--set` takes native keys and the file's seed names (aliases of these).
         ("model.cpu_offload=true", "cpu_offload", "not supported"),
+        ("hardware.cpu_offload=true", "cpu_offload", "not supported"),
         ("model.gradient_checkpointing=true", "gradient_checkpointing", "not supported"),
         ("training.mixed_precision=true", "training.mixed_precision", "only f32"),
         ("model.lora.target_modules=[proj]", "target_modules", "proj"),

@@ -615,7 +615,9 @@ impl ConfigSources {
             f = f.merge(Env::prefixed(ENV_PREFIX).split("__"));
         }
         for (key, value) in &self.overrides {
-            f = f.merge(Named::new("command-line flag", Serialized::default(key, value.clone())));
+            // `--set` accepts the file's aliased spellings too (`--set training.steps=100`).
+            let key = unalias(&self.aliases, key).unwrap_or_else(|| key.clone());
+            f = f.merge(Named::new("command-line flag", Serialized::default(&key, value.clone())));
         }
         Ok((f, renamed))
     }
@@ -959,6 +961,25 @@ mod tests {
         assert_eq!(e.0[0].key, "training.precision", "{e}");
         let e = load("training:\n  max_steps: 3\n  amp_dtype: float8\n").unwrap_err();
         assert_eq!(e.0[0].key, "training.amp_dtype", "{e}");
+    }
+
+    #[test]
+    fn set_flags_take_aliased_keys_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "training:\n  steps: 7\n").unwrap();
+        let sources = |overrides: Vec<(String, Value)>| ConfigSources {
+            file: Some(path.clone()),
+            aliases: aliases(),
+            overrides,
+            ..Default::default()
+        };
+        let c = sources(vec![("training.steps".into(), Value::from(9u64))]).load::<Toy>().unwrap();
+        assert_eq!(c.training.max_steps, Some(9), "the aliased flag overrides the aliased file key");
+        let c = sources(vec![("system.seed".into(), Value::from(3u64))]).load::<Toy>().unwrap();
+        assert_eq!(c.seed, 3);
+        let c = sources(vec![("training.max_steps".into(), Value::from(4u64))]).load::<Toy>().unwrap();
+        assert_eq!(c.training.max_steps, Some(4), "native keys still work");
     }
 
     #[test]
