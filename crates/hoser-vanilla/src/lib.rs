@@ -29,10 +29,6 @@ pub const NAME: &str = "hoser-vanilla";
 /// Loss term names this stage computes (config weights `ce_weight`, `time_weight`).
 pub const LOSS_TERMS: [&str; 2] = ["ce", "time"];
 
-fn problem(key: &str, message: &str) -> ConfigProblem {
-    ConfigProblem { key: key.into(), message: message.into(), origin: None }
-}
-
 /// `model:` — HOSER's dimensions (upstream defaults), exactly [`HoserConfig`]'s keys; the table
 /// sizes come from the data. A newtype only so that the trainer's `Validate` can be implemented
 /// here (prefixing `HoserConfig::problems` with `model.`).
@@ -43,7 +39,7 @@ pub struct ModelSection(pub HoserConfig);
 impl Validate for ModelSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         for (key, message) in self.0.problems() {
-            p.push(problem(&format!("model.{key}"), &message));
+            p.push(ConfigProblem::new(&format!("model.{key}"), message));
         }
     }
 }
@@ -93,13 +89,13 @@ impl DataSection {
 impl Validate for DataSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         if self.dataset.is_empty() {
-            p.push(problem("data.dataset", "expected a dataset name"));
+            p.push(ConfigProblem::new("data.dataset", "expected a dataset name"));
         }
         if self.num_zones == 0 {
-            p.push(problem("data.num_zones", "expected a positive number"));
+            p.push(ConfigProblem::new("data.num_zones", "expected a positive number"));
         }
         if self.max_len == Some(0) {
-            p.push(problem("data.max_len", "expected at least 1, or null for no crop"));
+            p.push(ConfigProblem::new("data.max_len", "expected at least 1, or null for no crop"));
         }
     }
 }
@@ -131,7 +127,7 @@ impl Validate for LossSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         if let Err(errors) = CombinedLoss::new(&self.weights(), &LOSS_TERMS) {
             for e in errors {
-                p.push(problem("loss", &e.to_string()));
+                p.push(ConfigProblem::new("loss", e.to_string()));
             }
         }
     }

@@ -15,10 +15,6 @@ pub const SAR_CHANNELS: usize = 2;
 /// Output channels: Sentinel-2 B2, B3, B4, B8.
 pub const OPTICAL_CHANNELS: usize = 4;
 
-fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
-    ConfigProblem { key: key.into(), message: message.into(), origin: None }
-}
-
 /// `model:` — the generator, its LoRA adapters and the diffusion refiner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,13 +71,13 @@ impl ModelSection {
 impl Validate for ModelSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         for (key, message) in self.generator().validate() {
-            p.push(problem(&format!("model.{key}"), message));
+            p.push(ConfigProblem::new(&format!("model.{key}"), message));
         }
         if self.timesteps == 0 {
-            p.push(problem("model.timesteps", "expected at least 1 DDIM step"));
+            p.push(ConfigProblem::new("model.timesteps", "expected at least 1 DDIM step"));
         }
         if self.timesteps > self.denoiser.train_timesteps {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "model.timesteps",
                 format!(
                     "{} DDIM steps exceed model.denoiser.train_timesteps = {}",
@@ -90,18 +86,18 @@ impl Validate for ModelSection {
             ));
         }
         if self.min_timesteps == 0 || self.min_timesteps > self.timesteps {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "model.min_timesteps",
                 format!("expected between 1 and model.timesteps ({}), got {}", self.timesteps, self.min_timesteps),
             ));
         }
         if self.timestep_reduction == 0 {
-            p.push(problem("model.timestep_reduction", "expected at least 1 step"));
+            p.push(ConfigProblem::new("model.timestep_reduction", "expected at least 1 step"));
         }
         if let Some(path) = &self.pretrained
             && !path.is_file()
         {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "model.pretrained",
                 format!("{} does not exist (expected a safetensors file)", path.display()),
             ));
@@ -162,19 +158,22 @@ impl Default for DataSection {
 impl Validate for DataSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         match &self.data_dir {
-            None => p.push(problem("data.data_dir", "no tiles: set data.data_dir or pass --data-dir")),
+            None => p.push(ConfigProblem::new("data.data_dir", "no tiles: set data.data_dir or pass --data-dir")),
             Some(d) if !d.is_dir() => {
-                p.push(problem("data.data_dir", format!("{} is not a directory of NPZ tiles", d.display())))
+                p.push(ConfigProblem::new("data.data_dir", format!("{} is not a directory of NPZ tiles", d.display())))
             }
             Some(_) => {}
         }
         if let Some(d) = &self.val_dir
             && !d.is_dir()
         {
-            p.push(problem("data.val_dir", format!("{} is not a directory of NPZ tiles", d.display())));
+            p.push(ConfigProblem::new("data.val_dir", format!("{} is not a directory of NPZ tiles", d.display())));
         }
         if !(0.0..1.0).contains(&self.val_split) {
-            p.push(problem("data.val_split", format!("expected a fraction in [0, 1), got {}", self.val_split)));
+            p.push(ConfigProblem::new(
+                "data.val_split",
+                format!("expected a fraction in [0, 1), got {}", self.val_split),
+            ));
         }
         for (key, v) in [
             ("data.tile_size", self.tile_size),
@@ -182,14 +181,14 @@ impl Validate for DataSection {
             ("data.max_val_tiles", self.max_val_tiles),
         ] {
             if v == Some(0) {
-                p.push(problem(key, "expected a positive number, or null"));
+                p.push(ConfigProblem::new(key, "expected a positive number, or null"));
             }
         }
         if self.num_workers == 0 {
-            p.push(problem("data.num_workers", "expected at least 1 thread"));
+            p.push(ConfigProblem::new("data.num_workers", "expected at least 1 thread"));
         }
         if self.val_batch_size == 0 {
-            p.push(problem("data.val_batch_size", "expected at least 1 tile"));
+            p.push(ConfigProblem::new("data.val_batch_size", "expected at least 1 tile"));
         }
     }
 }
@@ -249,11 +248,11 @@ impl Validate for LossSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         if let Err(errors) = losses::combined::CombinedLoss::new(&self.weights(), &LOSS_TERMS) {
             for e in errors {
-                p.push(problem("loss", e.to_string()));
+                p.push(ConfigProblem::new("loss", e.to_string()));
             }
         }
         if let Err(e) = self.lpips.validate(self.lpips_weight) {
-            p.push(problem("loss.lpips.weights", e));
+            p.push(ConfigProblem::new("loss.lpips.weights", e));
         }
     }
 }

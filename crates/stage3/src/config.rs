@@ -13,10 +13,6 @@ use serde::{Deserialize, Serialize};
 use trainer::RunConfig;
 use trainer::config::{ConfigProblem, Validate};
 
-fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
-    ConfigProblem { key: key.into(), message: message.into(), origin: None }
-}
-
 /// `model.pretrained`: the stage-1 base to ground with, or an explicit `false` for a random
 /// base (tests and smoke runs). `true` — the seed's "use the pretrained model" — names no file
 /// and is refused with what is expected.
@@ -101,33 +97,33 @@ impl ModelSection {
 impl Validate for ModelSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         for (key, message) in self.grounding().validate() {
-            p.push(problem(&format!("model.{key}"), message));
+            p.push(ConfigProblem::new(&format!("model.{key}"), message));
         }
         if self.timesteps == 0 {
-            p.push(problem("model.timesteps", "expected at least 1 grounding pass"));
+            p.push(ConfigProblem::new("model.timesteps", "expected at least 1 grounding pass"));
         }
         if self.min_timesteps == 0 || self.min_timesteps > self.timesteps {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "model.min_timesteps",
                 format!("expected between 1 and model.timesteps ({}), got {}", self.timesteps, self.min_timesteps),
             ));
         }
         if self.timestep_reduction == 0 {
-            p.push(problem("model.timestep_reduction", "expected at least 1 pass"));
+            p.push(ConfigProblem::new("model.timestep_reduction", "expected at least 1 pass"));
         }
         match &self.pretrained {
-            None => p.push(problem(
+            None => p.push(ConfigProblem::new(
                 "model.pretrained",
                 "is not set: stage 3 grounds with stage 1's SAR encoder; set it (or --pretrained) to a stage-1 \
                  base_model.safetensors, or to false to start from a random base (tests only)",
             )),
-            Some(Pretrained::Flag(true)) => p.push(problem(
+            Some(Pretrained::Flag(true)) => p.push(ConfigProblem::new(
                 "model.pretrained",
                 "true names no file: expected the path of stage 1's base_model.safetensors (written at the end of \
                  every stage-1 run), e.g. --pretrained runs/stage1/base_model.safetensors",
             )),
             Some(Pretrained::Flag(false)) => {}
-            Some(Pretrained::Path(path)) if !path.is_file() => p.push(problem(
+            Some(Pretrained::Path(path)) if !path.is_file() => p.push(ConfigProblem::new(
                 "model.pretrained",
                 format!("{} does not exist (expected stage 1's base_model.safetensors)", path.display()),
             )),
@@ -144,7 +140,7 @@ impl Validate for ModelSection {
         ];
         for (key, on, why) in unsupported {
             if on {
-                p.push(problem(key, format!("true is not supported: {why}")));
+                p.push(ConfigProblem::new(key, format!("true is not supported: {why}")));
             }
         }
     }
@@ -229,9 +225,9 @@ impl Default for DataSection {
 impl Validate for DataSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         match &self.data_dir {
-            None => p.push(problem("data.data_dir", "no tiles: set data.data_dir or pass --data-dir")),
+            None => p.push(ConfigProblem::new("data.data_dir", "no tiles: set data.data_dir or pass --data-dir")),
             Some(d) if !d.is_dir() => {
-                p.push(problem("data.data_dir", format!("{} is not a directory of NPZ tiles", d.display())))
+                p.push(ConfigProblem::new("data.data_dir", format!("{} is not a directory of NPZ tiles", d.display())))
             }
             Some(_) => {}
         }
@@ -239,27 +235,33 @@ impl Validate for DataSection {
             if let Some(d) = dir
                 && !d.is_dir()
             {
-                p.push(problem(key, format!("{} is not a directory", d.display())));
+                p.push(ConfigProblem::new(key, format!("{} is not a directory", d.display())));
             }
         }
         match (&self.stage2_dir, self.stage2_proxy) {
-            (None, None) => p.push(problem(
+            (None, None) => p.push(ConfigProblem::new(
                 "data.stage2_dir",
                 "is not set: stage 3 refines stage-2 estimates (DIR/<tile>.npz with opt_v2); write them with \
                  `stage1 predict --weights RUN/best_model.safetensors --data-dir TILES --out DIR` and pass \
                  --stage2-dir DIR, or set data.stage2_proxy: noisy_truth for the reference's proxy (truth + noise)",
             )),
-            (Some(_), Some(_)) => p.push(problem(
+            (Some(_), Some(_)) => p.push(ConfigProblem::new(
                 "data.stage2_proxy",
                 "is set together with data.stage2_dir: choose one source of opt_v2",
             )),
             _ => {}
         }
         if !(self.proxy_sigma.is_finite() && self.proxy_sigma >= 0.0) {
-            p.push(problem("data.proxy_sigma", format!("expected a non-negative number, got {}", self.proxy_sigma)));
+            p.push(ConfigProblem::new(
+                "data.proxy_sigma",
+                format!("expected a non-negative number, got {}", self.proxy_sigma),
+            ));
         }
         if !(0.0..1.0).contains(&self.val_split) {
-            p.push(problem("data.val_split", format!("expected a fraction in [0, 1), got {}", self.val_split)));
+            p.push(ConfigProblem::new(
+                "data.val_split",
+                format!("expected a fraction in [0, 1), got {}", self.val_split),
+            ));
         }
         for (key, v) in [
             ("data.tile_size", self.tile_size),
@@ -267,23 +269,23 @@ impl Validate for DataSection {
             ("data.max_val_tiles", self.max_val_tiles),
         ] {
             if v == Some(0) {
-                p.push(problem(key, "expected a positive number, or null"));
+                p.push(ConfigProblem::new(key, "expected a positive number, or null"));
             }
         }
         if self.num_workers == 0 {
-            p.push(problem("data.num_workers", "expected at least 1 thread"));
+            p.push(ConfigProblem::new("data.num_workers", "expected at least 1 thread"));
         }
         if self.val_batch_size == 0 {
-            p.push(problem("data.val_batch_size", "expected at least 1 tile"));
+            p.push(ConfigProblem::new("data.val_batch_size", "expected at least 1 tile"));
         }
         if !(self.lpips_threshold.is_finite() && self.lpips_threshold > 0.0) {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "data.lpips_threshold",
                 format!("expected a positive number, got {}", self.lpips_threshold),
             ));
         }
         if !self.compute_sar_agreement {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "data.compute_sar_agreement",
                 "false is not supported: sar_agreement selects the best model and drives early stopping",
             ));
@@ -353,15 +355,15 @@ impl Validate for LossSection {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         if let Err(errors) = losses::combined::CombinedLoss::new(&self.weights(), &LOSS_TERMS) {
             for e in errors {
-                p.push(problem("loss", e.to_string()));
+                p.push(ConfigProblem::new("loss", e.to_string()));
             }
         }
         for (key, message) in self.sar_consistency.validate() {
-            p.push(problem(&format!("loss.sar_consistency.{key}"), message));
+            p.push(ConfigProblem::new(&format!("loss.sar_consistency.{key}"), message));
         }
         let weight = if self.use_lpips { self.lpips_weight } else { 0.0 };
         if let Err(e) = self.lpips.validate(weight) {
-            p.push(problem("loss.lpips.weights", e));
+            p.push(ConfigProblem::new("loss.lpips.weights", e));
         }
     }
 }

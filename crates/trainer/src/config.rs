@@ -367,42 +367,41 @@ impl Validate for NoSection {
 /// The largest batch size and accumulation count a config accepts (`u32::MAX`).
 pub const MAX_COUNT: u64 = u32::MAX as u64;
 
-fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
-    ConfigProblem { key: key.into(), message: message.into(), origin: None }
-}
-
 impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
     fn validate(&self, p: &mut Vec<ConfigProblem>) {
         if let Err(e) = self.device.parse::<DeviceSpec>() {
-            p.push(problem("device", e.to_string()));
+            p.push(ConfigProblem::new("device", e.to_string()));
         }
         let t = &self.training;
         match (t.max_steps, t.epochs) {
-            (Some(_), Some(_)) => p.push(problem(
+            (Some(_), Some(_)) => p.push(ConfigProblem::new(
                 "training.max_steps",
                 "max_steps and training.epochs are exclusive: set one and make the other null",
             )),
             (None, None) => {
-                p.push(problem("training.max_steps", "no budget: set training.max_steps or training.epochs"))
+                p.push(ConfigProblem::new("training.max_steps", "no budget: set training.max_steps or training.epochs"))
             }
             _ => {}
         }
         if t.max_steps == Some(0) {
-            p.push(problem("training.max_steps", "expected at least 1 step"));
+            p.push(ConfigProblem::new("training.max_steps", "expected at least 1 step"));
         }
         if t.epochs == Some(0) {
-            p.push(problem("training.epochs", "expected at least 1 epoch"));
+            p.push(ConfigProblem::new("training.epochs", "expected at least 1 epoch"));
         }
         if let Some(max) = t.max_steps
             && t.min_steps > max
         {
-            p.push(problem("training.min_steps", format!("min_steps {} exceeds max_steps {max}", t.min_steps)));
+            p.push(ConfigProblem::new(
+                "training.min_steps",
+                format!("min_steps {} exceeds max_steps {max}", t.min_steps),
+            ));
         }
         if t.batch_size == 0 {
-            p.push(problem("training.batch_size", "expected a positive batch size"));
+            p.push(ConfigProblem::new("training.batch_size", "expected a positive batch size"));
         }
         if t.gradient_accumulation_steps == 0 {
-            p.push(problem("training.gradient_accumulation_steps", "expected at least 1"));
+            p.push(ConfigProblem::new("training.gradient_accumulation_steps", "expected at least 1"));
         }
         // Counts of samples and micro-batches beyond u32 cannot be a real run; refusing them
         // here keeps a typo (`4294967297`) from being quietly cut to the size of the data set.
@@ -411,7 +410,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
             ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
         ] {
             if v as u64 > MAX_COUNT {
-                p.push(problem(key, format!("{v} is out of range: expected 1..={MAX_COUNT}")));
+                p.push(ConfigProblem::new(key, format!("{v} is out of range: expected 1..={MAX_COUNT}")));
             }
         }
         for (key, v) in [
@@ -421,14 +420,14 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
             if let Some(v) = v
                 && !(v.is_finite() && v > 0.0)
             {
-                p.push(problem(key, format!("expected a positive number or null, got {v}")));
+                p.push(ConfigProblem::new(key, format!("expected a positive number or null, got {v}")));
             }
         }
         if t.val_every == Some(0) {
-            p.push(problem("training.val_every", "expected a positive step count or null"));
+            p.push(ConfigProblem::new("training.val_every", "expected a positive step count or null"));
         }
         if t.mixed_precision && t.precision != Precision::F32 {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "training.precision",
                 format!(
                     "is {} while training.mixed_precision is on (which computes in training.amp_dtype); \
@@ -442,7 +441,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
             } else {
                 ("training.precision", format!("{} was asked for", t.precision.name()))
             };
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 key,
                 format!(
                     "{asked}, but only f32 is implemented so far: f16/bf16 need the mixed-precision support \
@@ -452,16 +451,16 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            p.push(problem("optimizer.lr", format!("expected a positive learning rate, got {}", o.lr)));
+            p.push(ConfigProblem::new("optimizer.lr", format!("expected a positive learning rate, got {}", o.lr)));
         }
         if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            p.push(problem("optimizer.betas", format!("expected two values in [0, 1), got {:?}", o.betas)));
+            p.push(ConfigProblem::new("optimizer.betas", format!("expected two values in [0, 1), got {:?}", o.betas)));
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            p.push(problem("optimizer.eps", format!("expected a positive epsilon, got {}", o.eps)));
+            p.push(ConfigProblem::new("optimizer.eps", format!("expected a positive epsilon, got {}", o.eps)));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "optimizer.weight_decay",
                 format!("expected a non-negative weight decay, got {}", o.weight_decay),
             ));
@@ -481,33 +480,41 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
                     .unwrap_or_default(),
                 None => o.scheduler.check(o.lr),
             };
-            p.extend(found.into_iter().map(|f| problem(&format!("optimizer.scheduler.{}", f.key), f.message)));
+            p.extend(
+                found.into_iter().map(|f| ConfigProblem::new(&format!("optimizer.scheduler.{}", f.key), f.message)),
+            );
         }
         if self.logging.memory_every == Some(0) {
-            p.push(problem("logging.memory_every", "expected a positive step count or null"));
+            p.push(ConfigProblem::new("logging.memory_every", "expected a positive step count or null"));
         }
         if self.logging.log_every == 0 {
-            p.push(problem("logging.log_every", "expected a positive step count"));
+            p.push(ConfigProblem::new("logging.log_every", "expected a positive step count"));
         }
         if let Some(f) = self.debug.expected_loss_drop {
             if !(f.is_finite() && f >= 1.0) {
-                p.push(problem("debug.expected_loss_drop", format!("expected a factor >= 1, got {f}")));
+                p.push(ConfigProblem::new("debug.expected_loss_drop", format!("expected a factor >= 1, got {f}")));
             }
             if !self.debug.overfit_single_batch {
-                p.push(problem("debug.expected_loss_drop", "only meaningful with debug.overfit_single_batch: true"));
+                p.push(ConfigProblem::new(
+                    "debug.expected_loss_drop",
+                    "only meaningful with debug.overfit_single_batch: true",
+                ));
             }
         }
         if self.resume.path.is_some() && self.resume.auto {
-            p.push(problem("resume.auto", "resume.path (--resume) and resume.auto (--auto-resume) are exclusive"));
+            p.push(ConfigProblem::new(
+                "resume.auto",
+                "resume.path (--resume) and resume.auto (--auto-resume) are exclusive",
+            ));
         }
         if let Some(path) = &self.resume.path
             && !path.is_file()
         {
-            p.push(problem("resume.path", format!("checkpoint {} does not exist", path.display())));
+            p.push(ConfigProblem::new("resume.path", format!("checkpoint {} does not exist", path.display())));
         }
         // The retention settings check themselves (directories, counts, names).
         for f in self.checkpoint.problems() {
-            p.push(problem(&format!("checkpoint.{}", f.key), f.message));
+            p.push(ConfigProblem::new(&format!("checkpoint.{}", f.key), f.message));
         }
         self.early_stopping.validate(p);
         self.spike_guard.validate(p);
@@ -515,7 +522,7 @@ impl<M: Validate, D: Validate, L: Validate> Validate for RunConfig<M, D, L> {
         self.swa.validate(p);
         self.oom.validate(p);
         if self.early_stopping.restore_best_weights && self.checkpoint.export_best.is_none() {
-            p.push(problem(
+            p.push(ConfigProblem::new(
                 "early_stopping.restore_best_weights",
                 "restores from the best-model export: set checkpoint.export_best (e.g. `best`)",
             ));
@@ -628,7 +635,7 @@ impl ConfigSources {
         let tree = match figment.extract::<Value>() {
             Ok(Value::Dict(_, d)) => d,
             Ok(other) => {
-                return Err(ConfigErrors(vec![problem(
+                return Err(ConfigErrors(vec![ConfigProblem::new(
                     "",
                     format!("expected a mapping at the top level, found {}", other.to_actual()),
                 )]));

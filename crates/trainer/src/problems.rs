@@ -17,6 +17,13 @@ pub struct ConfigProblem {
     pub origin: Option<String>,
 }
 
+impl ConfigProblem {
+    /// A problem with `key`, of no known origin (the config loader fills that in where it can).
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into(), origin: None }
+    }
+}
+
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.key.is_empty(), &self.origin) {
