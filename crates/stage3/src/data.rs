@@ -6,14 +6,12 @@
 //! The estimate goes through the tile's own augmentation, so the three images stay aligned; a
 //! NaN in it masks the pixel like a NaN in the tile does, and is then zeroed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use tiling::dataset::{NpzSource, Sample, Standardization, TileDataset, TileSource, decode_parallel};
+use tiling::dataset::{NpzSource, Sample, Standardization, TileDataset, TileSource, decode_parallel, rng_for};
 use tiling::stage2::{estimate_path, read_estimate};
 
 use crate::error::Stage3Error;
@@ -46,20 +44,6 @@ pub struct Stage3Sample {
 
 /// Domain separator of the proxy's random stream (distinct from tiling's order / augment streams).
 const DOMAIN_PROXY: u64 = 0x5354_4147_4533; // "STAGE3"
-
-/// The seed of the proxy noise of tile `index` in `epoch`.
-fn proxy_seed(seed: u64, epoch: u64, index: usize) -> u64 {
-    let mut h = DOMAIN_PROXY;
-    for part in [seed, epoch, index as u64] {
-        // splitmix64 mixing of each part into the state.
-        h = h.wrapping_add(part).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h = z ^ (z >> 31);
-    }
-    h
-}
 
 /// A tile set with its stage-2 estimates.
 #[derive(Clone)]
@@ -121,7 +105,7 @@ impl Stage3Data {
                 tile.augment.apply(&est.data, 4, th, tw)
             }
             Stage2Source::NoisyTruth { sigma, seed } => {
-                let mut rng = ChaCha8Rng::seed_from_u64(proxy_seed(*seed, epoch, index));
+                let mut rng = rng_for(&[*seed, epoch, index as u64, DOMAIN_PROXY]);
                 // σ was validated finite and non-negative.
                 let noise = Normal::new(0.0f64, *sigma).unwrap_or_else(|_| unreachable!("σ ≥ 0 is validated"));
                 tile.s2.iter().map(|&t| (f64::from(t) + noise.sample(&mut rng)).clamp(0.0, 1.0) as f32).collect()
@@ -225,14 +209,4 @@ pub fn collate<B: Backend>(
         truth: t(truth, 4),
         valid: t(valid, 1),
     })
-}
-
-/// The tile file of `index` (for messages).
-pub fn tile_path(data: &Stage3Data, index: usize) -> PathBuf {
-    data.tiles.source().path(index)
-}
-
-/// Whether `dir` holds estimates for none of `tiles` (a likely wrong `--stage2-dir`).
-pub fn holds_none(dir: &Path, tiles: &NpzSource) -> bool {
-    tiles.paths().all(|p| !estimate_path(dir, p).is_file())
 }

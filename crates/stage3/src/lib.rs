@@ -520,8 +520,3 @@ impl<B: AutodiffBackend> Task<B> for Stage3Task<B> {
         self.timesteps.restore(state)
     }
 }
-
-/// The model with its adapters merged (the trained grounding as plain weights).
-pub fn merged<B: Backend>(model: Stage3Model<B>) -> Stage3Model<B> {
-    model.merge_lora()
-}

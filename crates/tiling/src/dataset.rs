@@ -1106,8 +1106,10 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A ChaCha8 stream seeded by an order-sensitive mix of `parts`.
-fn rng_for(parts: &[u64]) -> ChaCha8Rng {
+/// A ChaCha8 stream seeded by an order-sensitive (splitmix64) mix of `parts`: the dataset's
+/// shuffles and augmentations draw from `[seed, epoch, (index,) domain]`; a stage drawing its own
+/// per-tile randomness passes a domain of its own so its stream never coincides with these.
+pub fn rng_for(parts: &[u64]) -> ChaCha8Rng {
     let mut h = 0u64;
     for &p in parts {
         h = splitmix64(h ^ splitmix64(p));
