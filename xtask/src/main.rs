@@ -57,6 +57,14 @@ struct Tiles {
     demo_val: &'static [&'static str],
 }
 
+/// The synthetic tiles of the image stages (stage 1, and stage 3, which grounds stage 1's
+/// predictions on the same scenes).
+const IMAGE_TILES: Tiles = Tiles {
+    smoke: &["--synthetic", "6", "--synthetic-size", "128", "128", "--size", "64"],
+    demo_train: &["--synthetic", "12", "--synthetic-size", "256", "256", "--size", "64", "--synthetic-seed", "1"],
+    demo_val: &["--synthetic", "3", "--synthetic-size", "256", "256", "--size", "64", "--synthetic-seed", "2"],
+};
+
 /// Every stage, in registration order. The toy task comes first; each later stage adds itself.
 const STAGES: &[StageInfo] = &[
     StageInfo {
@@ -86,21 +94,7 @@ const STAGES: &[StageInfo] = &[
         smoke_config: "configs/smoke/stage1.yaml",
         demo_config: Some("configs/demo/stage1.yaml"),
         libraries: &["sarmodels", "tiling", "losses"],
-        tiles: Some(Tiles {
-            smoke: &["--synthetic", "6", "--synthetic-size", "128", "128", "--size", "64"],
-            demo_train: &[
-                "--synthetic",
-                "12",
-                "--synthetic-size",
-                "256",
-                "256",
-                "--size",
-                "64",
-                "--synthetic-seed",
-                "1",
-            ],
-            demo_val: &["--synthetic", "3", "--synthetic-size", "256", "256", "--size", "64", "--synthetic-seed", "2"],
-        }),
+        tiles: Some(IMAGE_TILES),
         inputs: None,
     },
     StageInfo {
@@ -110,22 +104,8 @@ const STAGES: &[StageInfo] = &[
         smoke_config: "configs/smoke/stage3.yaml",
         demo_config: Some("configs/demo/stage3.yaml"),
         libraries: &["sarmodels", "tiling", "losses"],
-        // The same tiles as stage 1's runs, so the demo grounds stage 1's own predictions.
-        tiles: Some(Tiles {
-            smoke: &["--synthetic", "6", "--synthetic-size", "128", "128", "--size", "64"],
-            demo_train: &[
-                "--synthetic",
-                "12",
-                "--synthetic-size",
-                "256",
-                "256",
-                "--size",
-                "64",
-                "--synthetic-seed",
-                "1",
-            ],
-            demo_val: &["--synthetic", "3", "--synthetic-size", "256", "256", "--size", "64", "--synthetic-seed", "2"],
-        }),
+        // Stage 1's tiles: the demo grounds stage 1's own predictions on them.
+        tiles: Some(IMAGE_TILES),
         inputs: Some(stage3_inputs),
     },
 ];
