@@ -218,6 +218,9 @@ pub struct OptimizerConfig {
     pub eps: f64,
     /// Decoupled weight decay (PyTorch AdamW semantics: `p ← p·(1 − lr·wd)`).
     pub weight_decay: f64,
+    /// Which parameters `weight_decay` applies to: `all` (default), or `matrices`, only those of
+    /// rank ≥ 2 (no decay on biases and norm scales: nanoGPT's and LM-TAD's parameter groups).
+    pub weight_decay_params: crate::optim::DecayParams,
     /// Learning-rate schedule (see the `schedulers` crate for every key).
     pub scheduler: SchedulerSpec,
 }
@@ -230,6 +233,7 @@ impl Default for OptimizerConfig {
             betas: [0.9, 0.999],
             eps: 1e-8,
             weight_decay: 0.01,
+            weight_decay_params: crate::optim::DecayParams::All,
             scheduler: SchedulerSpec::default(),
         }
     }

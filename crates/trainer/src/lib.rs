@@ -14,6 +14,7 @@ pub mod grads;
 pub mod interrupt;
 pub mod lr_find;
 pub mod oom;
+pub mod optim;
 pub mod policy;
 pub mod problems;
 pub mod spike_guard;

@@ -26,9 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::AdamW;
-use burn::optim::AdamWConfig;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::backend::AutodiffBackend;
 use checkpoints::{CheckpointError, CheckpointFile, CheckpointStore, RetentionConfig, RunIdentity, Trigger};
 use schedulers::{BuildContext, Interval, PlateauMode, Scheduler};
@@ -327,18 +324,7 @@ pub struct Trainer<'a> {
     policies: Vec<Box<dyn StopPolicy + 'a>>,
 }
 
-/// The configured AdamW with Adam's β1 set to `beta_1`.
-pub(crate) fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(
-    o: &OptimizerConfig,
-    beta_1: f64,
-) -> OptimizerAdaptor<AdamW, M, B> {
-    AdamWConfig::new()
-        .with_beta_1(beta_1 as f32)
-        .with_beta_2(o.betas[1] as f32)
-        .with_epsilon(o.eps as f32)
-        .with_weight_decay(o.weight_decay as f32)
-        .init::<B, M>()
-}
+pub(crate) use crate::optim::adamw;
 
 /// The shape of a run, fixed before the first step: budgets, batches per epoch, the metric
 /// that selects the best model and the one the plateau schedule watches.
@@ -443,7 +429,7 @@ struct Run<'r, B: AutodiffBackend, T: Task<B>> {
     device: &'r B::Device,
     plan: Plan,
     scheduler: Scheduler,
-    optim: OptimizerAdaptor<AdamW, T::Model, B>,
+    optim: crate::optim::LoopOptimizer<B, T::Model>,
     /// Adam's β1 the optimizer was built with (cycled by OneCycle / cyclical schedules).
     beta_1: f64,
     st: LoopState,
@@ -524,6 +510,14 @@ impl<'a> Trainer<'a> {
 
         let mut model = init_model::<B, T>(task, cfg.seed, device);
         let mut optim = adamw::<B, T::Model>(cfg.optimizer, cfg.optimizer.betas[0]);
+        if cfg.optimizer.weight_decay > 0.0 {
+            let [dt, dp, nt, np] = crate::optim::decay_groups::<B, _>(&model, cfg.optimizer.weight_decay_params);
+            tracing::info!(
+                "weight decay {} ({}): on {dt} parameter tensors ({dp} parameters), not on {nt} ({np} parameters)",
+                cfg.optimizer.weight_decay,
+                cfg.optimizer.weight_decay_params.name()
+            );
+        }
         let restored = match &mut source {
             Some((path, file)) => {
                 let loaded =

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::optim::AdamW;
 use burn::optim::Optimizer;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 use checkpoints::format::RawTensor;
@@ -113,7 +111,7 @@ pub(super) fn find_source(
 }
 
 /// The loop's optimizer for task `T`.
-type Adam<B, T> = OptimizerAdaptor<AdamW, <T as Task<B>>::Model, B>;
+type Adam<B, T> = crate::optim::LoopOptimizer<B, <T as Task<B>>::Model>;
 
 /// The model and optimizer with a checkpoint's weights and moments, and the rest it restored.
 pub(super) struct Loaded<B: AutodiffBackend, T: Task<B>> {
