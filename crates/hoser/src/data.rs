@@ -37,7 +37,9 @@ pub use features::{FeatureOptions, RoadGraph, Sample, StaticFeatures, TimeStats,
 pub use geo::{EARTH_RADIUS_M, angle_difference, get_angle, haversine_m, heading, heading_swapped, line_centroid};
 pub use roadmap::{DatasetFiles, Road, RoadNetwork};
 pub use time::{CivilTime, Timestamp, TimestampError, civil_from_days, days_from_civil};
-pub use trajectory::{SkipCounts, SplitSummary, Trajectory, TrajectoryFile, read_trajectories, validate};
+pub use trajectory::{
+    SkipCounts, SplitSummary, Trajectory, TrajectoryFile, read_rid_lists, read_trajectories, validate,
+};
 pub use zones::{ZonePartition, ZoneTransitions};
 
 use cache::{CacheRead, CachedData};

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 pub mod data;
+pub mod lmtad;
 pub mod model;
 pub mod osm;
 pub mod simulate;

@@ -168,6 +168,23 @@ pub fn validate(roads: &RoadNetwork, ids: &[u64], times: &[Timestamp]) -> Result
     Ok(out)
 }
 
+/// The `rid_list` of every row of a trajectory CSV, as `(1-based data row, road ids)`, without
+/// checking them against a road network or reading times (e.g. to score trajectories with a
+/// teacher that only knows road ids). A missing column or an unparsable cell is an error naming
+/// the file and row.
+pub fn read_rid_lists(path: &Path) -> Result<Vec<(usize, Vec<u64>)>, DataError> {
+    let (mut reader, headers) = open_csv(path)?;
+    let c_rid = column_index(&headers, path, "rid_list")?;
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 1;
+        let record = record.map_err(|e| DataError::csv(path, e))?;
+        let ids = parse_rid_list(record.get(c_rid).unwrap_or("")).map_err(|m| DataError::malformed(path, row, m))?;
+        rows.push((row, ids));
+    }
+    Ok(rows)
+}
+
 /// Reads a trajectory CSV and checks every row.
 ///
 /// A cell that does not parse (a non-integer road id, a malformed timestamp, a missing column) is
