@@ -590,22 +590,28 @@ pub fn main_with<S: Stage, X: Subcommand>(extra: impl FnOnce(X) -> ExitCode) -> 
     init_logging();
     let cli = Cli::<S::Args, X>::parse();
     match cli.command {
-        Some(Command::LrFind(c)) => return lr_find_main::<S>(&c),
-        Some(Command::Extra(x)) => return extra(x),
-        None => {}
+        Some(Command::LrFind(c)) => lr_find_main::<S>(&c),
+        Some(Command::Extra(x)) => extra(x),
+        None => run_stage::<S>(&cli.common, &cli.stage),
     }
-    let config = match load_config::<S>(&cli.common, &cli.stage) {
+}
+
+/// Loads stage `S`'s config from parsed flags and trains it (or prints / validates the config):
+/// what [`main`] does once the command line is parsed, for a binary that parses its own (e.g. a
+/// stage run as a subcommand of another binary). Returns the exit code by the same convention.
+pub fn run_stage<S: Stage>(common: &CommonArgs, stage: &S::Args) -> ExitCode {
+    let config = match load_config::<S>(common, stage) {
         Ok(c) => c,
         Err(errors) => {
             eprint!("{errors}");
             return ExitCode::from(2);
         }
     };
-    if cli.common.print_config {
+    if common.print_config {
         print!("{}", config::to_yaml(&config));
         return ExitCode::SUCCESS;
     }
-    if cli.common.validate_config {
+    if common.validate_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
