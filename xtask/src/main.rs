@@ -21,6 +21,8 @@ struct StageInfo {
     name: &'static str,
     package: &'static str,
     bin: &'static str,
+    /// The binary's subcommand that runs the stage (`hoser-distill teacher`), if any.
+    subcommand: Option<&'static str>,
     smoke_config: &'static str,
     /// The config `cargo xtask demo` trains with (the budget README's figures come from).
     demo_config: Option<&'static str>,
@@ -71,6 +73,7 @@ const STAGES: &[StageInfo] = &[
         name: "toy",
         package: "trainer",
         bin: "trainyard-toy",
+        subcommand: None,
         smoke_config: "configs/smoke/toy.yaml",
         demo_config: None,
         libraries: &["checkpoints", "schedulers"],
@@ -81,6 +84,7 @@ const STAGES: &[StageInfo] = &[
         name: "hoser-vanilla",
         package: "hoser-vanilla",
         bin: "hoser-vanilla",
+        subcommand: None,
         smoke_config: "configs/smoke/hoser-vanilla.yaml",
         demo_config: Some("configs/hoser/helsinki_test.yaml"),
         libraries: &["hoser"],
@@ -91,6 +95,7 @@ const STAGES: &[StageInfo] = &[
         name: "stage1",
         package: "stage1",
         bin: "stage1",
+        subcommand: None,
         smoke_config: "configs/smoke/stage1.yaml",
         demo_config: Some("configs/demo/stage1.yaml"),
         libraries: &["sarmodels", "tiling", "losses"],
@@ -101,12 +106,24 @@ const STAGES: &[StageInfo] = &[
         name: "stage3",
         package: "stage3",
         bin: "stage3",
+        subcommand: None,
         smoke_config: "configs/smoke/stage3.yaml",
         demo_config: Some("configs/demo/stage3.yaml"),
         libraries: &["sarmodels", "tiling", "losses"],
         // Stage 1's tiles: the demo grounds stage 1's own predictions on them.
         tiles: Some(IMAGE_TILES),
         inputs: Some(stage3_inputs),
+    },
+    StageInfo {
+        name: "lmtad-teacher",
+        package: "hoser-distill",
+        bin: "hoser-distill",
+        subcommand: Some("teacher"),
+        smoke_config: "configs/smoke/lmtad-teacher.yaml",
+        demo_config: Some("configs/lmtad/helsinki_test.yaml"),
+        libraries: &["hoser"],
+        tiles: None,
+        inputs: None,
     },
 ];
 
@@ -334,7 +351,9 @@ fn stage_run(s: &StageInfo, config: &str, out: &Path) -> Result<Command> {
         std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
     }
     let mut cmd = Command::new(target_dir().join("debug").join(s.bin));
-    cmd.current_dir(root()).arg("--config").arg(config).arg("--output-dir").arg(out);
+    cmd.current_dir(root());
+    cmd.args(s.subcommand);
+    cmd.arg("--config").arg(config).arg("--output-dir").arg(out);
     cmd.args(["--set", "logging.progress=plain"]);
     Ok(cmd)
 }
