@@ -240,6 +240,16 @@ def generate(args, LMTAD, LMTADConfig, PortoConfig) -> None:
         "sot": SOT,
         **expected_outputs(model),
     }
+    # the written files alone must reproduce the outputs: a fresh upstream model from them
+    from safetensors.torch import load_file
+
+    cfg = json.loads((out / "model_config.json").read_text())
+    again = LMTAD(LMTADConfig(**{k: cfg[k] for k in CONFIG}))
+    again.load_state_dict(load_file(str(out / "weights.safetensors")), strict=True)
+    again.eval()
+    with torch.no_grad():
+        gap = (again(torch.tensor(expected["tokens"]))[0].double() - torch.tensor(expected["logits"])).abs().max()
+    assert gap == 0.0, f"weights.safetensors + model_config.json give logits {gap} away from expected.json"
     path = out / "expected.json"
     if path.exists() and not args.overwrite:
         sys.exit(f"{path}: already exists (pass --overwrite)")
