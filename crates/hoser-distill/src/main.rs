@@ -182,6 +182,12 @@ impl Stage for TeacherStage {
             },
             Err(e) => eprintln!("{}: could not write the teacher files: {e}", teacher::NAME),
         }
+        if let Some((tokens, secs)) = teacher::throughput(&config.logging.paths(&config.output_dir).jsonl) {
+            eprintln!(
+                "training throughput: {:.0} target tokens/s ({tokens:.0} tokens in {secs:.1} s of optimizer steps)",
+                tokens / secs
+            );
+        }
         (summary.reason, summary.state)
     }
 }

@@ -398,6 +398,19 @@ impl<B: AutodiffBackend> Task<B> for TeacherTask {
     }
 }
 
+/// Training throughput recorded in a run's event log: `(target tokens, seconds)` summed over its
+/// `train_step` events (`metrics.target_tokens`, `step_time`: forward, backward and optimizer
+/// step, data assembly included, validation and saves not), resumed segments included.
+pub fn throughput(jsonl: &Path) -> Option<(f64, f64)> {
+    let log = trainer::telemetry::read_events(jsonl).ok()?;
+    let (mut tokens, mut secs) = (0f64, 0f64);
+    for e in log.of_kind("train_step") {
+        tokens += e["metrics"]["target_tokens"].as_f64()?;
+        secs += e["step_time"].as_f64()?;
+    }
+    (secs > 0.0).then_some((tokens, secs))
+}
+
 /// Why the teacher's files could not be written at the end of a run.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
