@@ -165,6 +165,7 @@ impl Stage for TeacherStage {
     type Task<B: AutodiffBackend> = TeacherTask;
 
     fn task<B: AutodiffBackend>(config: &TeacherConfig, _device: &B::Device) -> Result<TeacherTask, TrainError> {
+        teacher::check_no_foreign_teacher(config).map_err(|e| TrainError::Data(e.to_string()))?;
         TeacherTask::new(config).map_err(|e| TrainError::Data(e.to_string()))
     }
 

@@ -398,6 +398,41 @@ impl<B: AutodiffBackend> Task<B> for TeacherTask {
     }
 }
 
+/// A teacher directory's files in a run directory that no run wrote.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} holds a teacher ({}) but no run of its own ({} does not exist): training there would replace those files at \
+     the end; choose another --output-dir, or move them",
+    dir.display(),
+    files.join(", "),
+    jsonl.display()
+)]
+pub struct ForeignTeacher {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The teacher files found.
+    pub files: Vec<&'static str>,
+    /// The event log a run there would have.
+    pub jsonl: PathBuf,
+}
+
+/// Refuses to train into a directory that holds teacher files (e.g. an imported upstream
+/// teacher) without the event log of the run that wrote them: the end of the run would write
+/// its own teacher over them. A directory with a run of its own is the trainer's business (it
+/// refuses a fresh start without `--auto-resume`, and `--on-mismatch fresh` archives the whole
+/// run, teacher files included).
+pub fn check_no_foreign_teacher(config: &TeacherConfig) -> Result<(), ForeignTeacher> {
+    let jsonl = config.logging.paths(&config.output_dir).jsonl;
+    let files: Vec<&'static str> = [WEIGHTS_FILE, MODEL_CONFIG_FILE, TOKEN_MAP_FILE]
+        .into_iter()
+        .filter(|f| config.output_dir.join(f).exists())
+        .collect();
+    if files.is_empty() || jsonl.exists() {
+        return Ok(());
+    }
+    Err(ForeignTeacher { dir: config.output_dir.clone(), files, jsonl })
+}
+
 /// Training throughput recorded in a run's event log: `(target tokens, seconds)` summed over its
 /// `train_step` events (`metrics.target_tokens`, `step_time`: forward, backward and optimizer
 /// step, data assembly included, validation and saves not), resumed segments included.

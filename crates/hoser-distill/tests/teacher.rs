@@ -270,6 +270,18 @@ fn teacher_map_completes_an_imported_teacher() {
     );
     let o = map(&data_dir());
     assert!(stderr(&o).contains("already exists"), "a second map is not written over the first");
+    // Training into the imported teacher's directory would write its own teacher over it.
+    let before: Vec<Vec<u8>> = ["teacher.safetensors", "model_config.json", "token_map.json"]
+        .iter()
+        .map(|f| std::fs::read(imported.join(f)).unwrap())
+        .collect();
+    let o = teacher(&imported, 1).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds a teacher") && stderr(&o).contains("teacher.safetensors"), "{}", stderr(&o));
+    for (f, b) in ["teacher.safetensors", "model_config.json", "token_map.json"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(imported.join(f)).unwrap(), b, "{f} changed");
+    }
+    assert!(!imported.join("training.jsonl").exists());
     let mut c = bin();
     c.args(["teacher-score", "--teacher"]).arg(&imported).arg("--trajectories").arg(data_dir().join("test.csv"));
     c.arg("--out").arg(tmp.path().join("s.csv"));
