@@ -44,8 +44,8 @@ pub struct ScoreOptions {
 /// Why scoring failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
-    /// The teacher directory.
-    #[error("teacher {}: {source}", dir.display())]
+    /// The teacher directory (the source names the directory or file).
+    #[error("loading the teacher: {source}")]
     Teacher {
         /// The directory.
         dir: PathBuf,
