@@ -297,11 +297,17 @@ impl TeacherTask {
                 seqs.extend(windows(&map.encode(&t.roads)?, model.block_size));
             }
             let targets: usize = seqs.iter().map(|s| s.len() - 1).sum();
+            // Single-road trips are kept: `[SOT, cell, EOT]` has two targets.
+            let s = &file.summary;
             tracing::info!(
-                "{split}: {} trajectories → {} sequences, {targets} target tokens ({})",
+                "{split}: {}: {} rows, {} trajectories kept ({} single-road), {} skipped as invalid → {} sequences, \
+                 {targets} target tokens",
+                s.file.display(),
+                s.rows,
                 file.trajectories.len(),
-                seqs.len(),
-                file.summary.describe()
+                s.single_road,
+                s.skipped.total(),
+                seqs.len()
             );
             splits.push(seqs);
         }
