@@ -304,3 +304,43 @@ fn bad_teacher_configs_and_missing_data_are_one_clear_error() {
     assert!(stderr(&o).contains("no/such/dir/roadmap.geo"), "{}", stderr(&o));
     assert!(!tmp.path().join("y/teacher.safetensors").exists());
 }
+
+/// SIGTERM mid-run: the teacher stops after the step, leaves a resumable checkpoint and its
+/// teacher files; `--auto-resume` finishes it, and the result equals an uninterrupted run's bit
+/// for bit (validation perplexities and the exported teacher weights).
+#[test]
+fn an_interrupted_and_resumed_teacher_equals_an_uninterrupted_one() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    run(teacher(&straight, 10));
+
+    let cut = tmp.path().join("cut");
+    let mut child = teacher(&cut, 10).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let steps = |dir: &Path| {
+        std::fs::read_to_string(dir.join("training.jsonl")).map(|t| t.matches("\"train_step\"").count()).unwrap_or(0)
+    };
+    while steps(&cut) < 5 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the run never got going");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "SIGTERM exits 143 after saving");
+    let done_before = steps(&cut);
+    assert!(done_before < 90, "the run finished before the signal ({done_before} steps)");
+    assert!(cut.join("checkpoints/checkpoint_latest.safetensors").is_file());
+    assert!(cut.join("teacher.safetensors").is_file(), "an interrupted run leaves its teacher too");
+
+    let mut resume = teacher(&cut, 10);
+    resume.arg("--auto-resume");
+    run(resume);
+    let ppl = |dir: &Path| validations(dir).iter().map(|e| metric(e, "val_perplexity")).collect::<Vec<f64>>();
+    assert_eq!(ppl(&cut), ppl(&straight));
+    assert_eq!(
+        std::fs::read(cut.join("teacher.safetensors")).unwrap(),
+        std::fs::read(straight.join("teacher.safetensors")).unwrap()
+    );
+}
