@@ -344,3 +344,22 @@ fn an_interrupted_and_resumed_teacher_equals_an_uninterrupted_one() {
         std::fs::read(straight.join("teacher.safetensors")).unwrap()
     );
 }
+
+/// `--dataset NAME` without `--config` reads `configs/lmtad/NAME.yaml`: the fork's teacher size
+/// and LM-TAD's budget, valid as shipped.
+#[test]
+fn dataset_configs_are_read_and_valid() {
+    for dataset in ["Beijing", "Porto", "San_Francisco"] {
+        let o = bin().args(["teacher", "--dataset", dataset, "--print-config"]).output().unwrap();
+        assert!(o.status.success(), "{dataset}: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(config["model"]["size"], "teacher", "{dataset}");
+        assert_eq!(config["training"]["epochs"], 50, "{dataset}");
+        assert_eq!(config["output_dir"], format!("save/{dataset}/lmtad").as_str());
+        assert_eq!(config["optimizer"]["betas"][1], 0.95);
+        assert_eq!(config["optimizer"]["weight_decay_params"], "matrices");
+        let o = bin().args(["teacher", "--dataset", dataset, "--validate-config"]).output().unwrap();
+        assert!(o.status.success(), "{dataset}: {}", stderr(&o));
+    }
+}
