@@ -495,6 +495,40 @@ mod tests {
         assert_ne!(c.init::<B>(&device).num_params(), untied);
     }
 
+    /// Upstream's init: N(0, 0.02) everywhere, the residual projections (attention and MLP
+    /// `c_proj`) N(0, 0.02/√(2·n_layer)), LayerNorm scales 1.
+    #[test]
+    fn initialisation_follows_upstream() {
+        let c = LmTadConfig {
+            vocab_size: 500,
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 64,
+            dropout: 0.0,
+            positions: Positions::Learned,
+        };
+        let m = c.init::<B>(&Default::default());
+        let std = |t: Tensor<B, 2>| {
+            let v = values(t);
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            assert!(mean.abs() < 2e-3, "mean {mean}");
+            (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        let near = |got: f32, want: f32| assert!((got / want - 1.0).abs() < 0.06, "std {got}, expected {want}");
+        near(std(m.wte.weight.val()), 0.02);
+        near(std(m.wpe.as_ref().unwrap().weight.val()), 0.02);
+        let residual = 0.02 / (8f32).sqrt();
+        for b in &m.h {
+            near(std(b.attn.c_attn.weight.val()), 0.02);
+            near(std(b.mlp.c_fc.weight.val()), 0.02);
+            near(std(b.attn.c_proj.weight.val()), residual);
+            near(std(b.mlp.c_proj.weight.val()), residual);
+            assert!(values(b.ln_1.weight.val()).iter().chain(&values(b.ln_2.weight.val())).all(|&x| x == 1.0));
+            assert!(b.attn.c_attn.bias.is_none() && b.mlp.c_fc.bias.is_none(), "linears are bias-free");
+        }
+    }
+
     #[test]
     fn changing_a_future_token_never_changes_an_earlier_position() {
         let device = Default::default();
