@@ -37,8 +37,12 @@ fn flat(v: &Value) -> Vec<f64> {
 }
 
 fn tokens(v: &Value) -> (Tensor<B, 2, Int>, Vec<Vec<u32>>) {
-    let rows: Vec<Vec<u32>> =
-        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect();
+    let rows: Vec<Vec<u32>> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect();
     let t = rows[0].len();
     let ids: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
     (Tensor::from_data(TensorData::new(ids, [rows.len(), t]), &Default::default()), rows)
@@ -86,7 +90,8 @@ fn last_position_distributions_match_upstream_alone() {
     let e = expected();
     let m = model();
     let pad = e["pad"].as_u64().unwrap() as u32;
-    let lengths: Vec<usize> = e["history_lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let lengths: Vec<usize> =
+        e["history_lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let (_, rows) = tokens(&e["histories"]);
     let histories: Vec<Vec<u32>> = rows.iter().zip(&lengths).map(|(r, &l)| r[..l].to_vec()).collect();
     let got = values(m.next_token_log_probs(&histories, pad, &Default::default()).unwrap());
