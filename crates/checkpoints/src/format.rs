@@ -144,7 +144,7 @@ impl RunIdentity {
             d.push(format!("dataset: checkpoint {}, this run {}", self.dataset_id, run.dataset_id));
         }
         if self.mode != run.mode {
-            d.push(format!("mode: checkpoint {}, this run {}", self.mode, run.mode));
+            d.extend(mode_differences(&self.mode, &run.mode));
         }
         if self.config_hash != run.config_hash {
             d.push(format!(
@@ -154,6 +154,44 @@ impl RunIdentity {
         }
         d
     }
+}
+
+/// A mode string's name and its `key=value` settings: `distill lambda=0.01 window=4` is
+/// `("distill", [("lambda", "0.01"), ("window", "4")])`; a word without `=` is part of the name.
+fn mode_parts(mode: &str) -> (String, BTreeMap<&str, &str>) {
+    let mut name = Vec::new();
+    let mut settings = BTreeMap::new();
+    for word in mode.split_whitespace() {
+        match word.split_once('=') {
+            Some((k, v)) => {
+                settings.insert(k, v);
+            }
+            None => name.push(word),
+        }
+    }
+    (name.join(" "), settings)
+}
+
+/// How two modes differ: the name, then each setting that differs, one line each
+/// (`mode lambda: checkpoint 0.01, this run 0.02`), so a refused resume lists every change.
+fn mode_differences(checkpoint: &str, run: &str) -> Vec<String> {
+    let (ckpt_name, ckpt) = mode_parts(checkpoint);
+    let (run_name, now) = mode_parts(run);
+    if ckpt_name != run_name {
+        return vec![format!("mode: checkpoint {checkpoint}, this run {run}")];
+    }
+    let mut d = Vec::new();
+    for key in ckpt.keys().chain(now.keys().filter(|k| !ckpt.contains_key(*k))) {
+        let (a, b) = (ckpt.get(key), now.get(key));
+        if a != b {
+            let show = |v: Option<&&str>| v.map_or("(unset)".to_string(), |v| v.to_string());
+            d.push(format!("mode {key}: checkpoint {}, this run {}", show(a), show(b)));
+        }
+    }
+    if d.is_empty() {
+        d.push(format!("mode: checkpoint {checkpoint}, this run {run}"));
+    }
+    d
 }
 
 /// Self-description of a checkpoint, stored in the header.
@@ -560,5 +598,30 @@ mod tests {
             let err = CheckpointFile::from_bytes(&bytes[..n], Path::new("ckpt.safetensors")).unwrap_err();
             assert!(err.to_string().contains("ckpt.safetensors"), "{err}");
         }
+    }
+
+    #[test]
+    fn mode_settings_are_compared_one_by_one() {
+        let id =
+            |mode: &str| RunIdentity { seed: 1, dataset_id: "d".into(), mode: mode.into(), config_hash: "c".into() };
+        let ckpt = id("distill steps=all lambda=0.01 temperature=2 window=4 teacher=ab12");
+        let run = id("distill steps=all lambda=0.02 temperature=2 window=6 teacher=cd34");
+        assert_eq!(
+            ckpt.differences(&run),
+            vec![
+                "mode lambda: checkpoint 0.01, this run 0.02",
+                "mode teacher: checkpoint ab12, this run cd34",
+                "mode window: checkpoint 4, this run 6",
+            ]
+        );
+        assert_eq!(
+            id("train").differences(&id("distill lambda=0.01")),
+            vec!["mode: checkpoint train, this run distill lambda=0.01"]
+        );
+        assert_eq!(
+            id("distill window=4").differences(&id("distill window=4 steps=last")),
+            vec!["mode steps: checkpoint (unset), this run last"]
+        );
+        assert!(ckpt.differences(&ckpt.clone()).is_empty());
     }
 }

@@ -1,5 +1,8 @@
-//! `hoser-distill`: HOSER distilled from an LM-TAD teacher — the teacher's subcommands.
+//! `hoser-distill`: HOSER distilled from an LM-TAD teacher.
 //!
+//! - `hoser-distill --dataset NAME --seed S [--teacher DIR] [--config FILE]` trains HOSER with the
+//!   distillation term (outputs in `save/{dataset}/seed{seed}_distill/`); re-running the same
+//!   command resumes from `checkpoint_latest`.
 //! - `hoser-distill teacher --dataset NAME [--config FILE]` trains LM-TAD on the dataset's
 //!   trajectories (outputs in `save/{dataset}/lmtad/`).
 //! - `hoser-distill teacher-score --teacher DIR --trajectories FILE --out FILE` writes each
@@ -11,31 +14,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use figment::value::Value;
 use hoser::data::{DatasetFiles, RoadNetwork};
 use hoser::lmtad::teacher::{MODEL_CONFIG_FILE, TOKEN_MAP_FILE};
 use hoser::lmtad::tokens::{DEFAULT_CELL_DEG, TokenMap};
 use hoser::lmtad::weights::UpstreamModelConfig;
+use hoser_distill::distill::{self, DistillConfig, DistillData, DistillLoss, DistillTask};
 use hoser_distill::score::{ScoreOptions, score};
 use hoser_distill::teacher::{self, TeacherConfig, TeacherData, TeacherModel, TeacherTask};
+use hoser_vanilla::ModelSection;
 use trainer::TrainError;
 use trainer::backend::{BackendRun, DeviceSpec, run_on};
 use trainer::cli::{self, CommonArgs, Stage, set_if};
 use trainer::config::NoSection;
 use trainer::train::{LoopState, RunSummary, StopReason};
 
-#[derive(Debug, Parser)]
-#[command(version, about = "HOSER distilled from an LM-TAD teacher: the teacher's training, import and scores")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
 // Parsed once per process: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Extra {
     /// Train the LM-TAD teacher on a dataset's train split (validated on val) through the shared
     /// trainer; every flag of a stage binary applies. Outputs in save/{dataset}/lmtad/.
     Teacher(TeacherCli),
@@ -291,11 +289,90 @@ fn teacher_map(a: MapArgs) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
-    cli::init_logging();
-    match Cli::parse().command {
-        Command::Teacher(c) => cli::run_stage::<TeacherStage>(&c.common, &c.stage),
-        Command::TeacherScore(a) => teacher_score(a),
-        Command::TeacherMap(a) => teacher_map(a),
+/// Flags of the distilled run.
+#[derive(Debug, Clone, Args)]
+struct DistillArgs {
+    /// `data.dataset`: dataset name (default data directory `data/<NAME>`, teacher
+    /// `save/<NAME>/lmtad`).
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// `data.data_dir`: directory of the LibCity files.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// `distill.teacher`: the teacher directory (teacher.safetensors, model_config.json, token_map.json).
+    #[arg(long, value_name = "DIR")]
+    teacher: Option<PathBuf>,
+}
+
+struct DistillStage;
+
+impl Stage for DistillStage {
+    const NAME: &'static str = distill::NAME;
+    type Model = ModelSection;
+    type Data = DistillData;
+    type Loss = DistillLoss;
+    type Args = DistillArgs;
+
+    fn overrides(args: &DistillArgs) -> Vec<(String, Value)> {
+        let mut o = Vec::new();
+        set_if(&mut o, "data.dataset", args.dataset.clone());
+        set_if(&mut o, "data.data_dir", args.data_dir.as_ref().map(|d| d.display().to_string()));
+        set_if(&mut o, "data.teacher", args.teacher.as_ref().map(|d| d.display().to_string()));
+        o
     }
+
+    /// hoser-vanilla's settings (upstream `train.py`: AdamW lr 1e-3, weight decay 0.1, warm-up
+    /// 10 % then cosine, clip 1.0, batch 256) and seed 002's layout for distillation:
+    /// `save/{dataset}/seed{seed}_distill/` with a rolling `checkpoint_latest`, the last epoch's
+    /// `epoch_N` (the fallback when `checkpoint_latest` is unreadable) and `best` (weights of the best
+    /// epoch by validation next-step accuracy); `log/…_distill`, `tensorboard_log/…_distill`;
+    /// re-running the same command resumes (`resume.auto: true`).
+    fn defaults() -> Vec<(String, Value)> {
+        vec![
+            ("output_dir".into(), Value::from("save/{dataset}/seed{seed}_distill")),
+            ("logging.log_dir".into(), Value::from("log/{dataset}/seed{seed}_distill")),
+            ("logging.tensorboard_dir".into(), Value::from("tensorboard_log/{dataset}/seed{seed}_distill")),
+            ("training.batch_size".into(), Value::from(256u64)),
+            ("training.gradient_clip_norm".into(), Value::from(1.0)),
+            ("optimizer.lr".into(), Value::from(1e-3)),
+            ("optimizer.weight_decay".into(), Value::from(0.1)),
+            ("optimizer.scheduler.name".into(), Value::from("cosine")),
+            ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
+            ("checkpoint.dir".into(), Value::from(".")),
+            ("checkpoint.latest".into(), Value::from(true)),
+            ("checkpoint.per_epoch".into(), Value::from(true)),
+            ("checkpoint.keep_last_n_epochs".into(), Value::from(1u64)),
+            ("checkpoint.export_best".into(), Value::from("best")),
+            ("resume.auto".into(), Value::from(true)),
+        ]
+    }
+
+    fn aliases() -> Vec<(String, String)> {
+        distill::aliases()
+    }
+
+    /// `--dataset NAME` without `--config` reads hoser-vanilla's `configs/hoser/NAME.yaml` when it
+    /// exists, so a distilled run has the same budget as the vanilla one.
+    fn config_file(args: &DistillArgs) -> Option<PathBuf> {
+        let path = PathBuf::from("configs/hoser").join(format!("{}.yaml", args.dataset.as_deref()?));
+        path.is_file().then_some(path)
+    }
+
+    fn output_dir_vars(config: &DistillConfig) -> Vec<(&'static str, String)> {
+        vec![("dataset", config.data.dataset.clone())]
+    }
+
+    type Task<B: AutodiffBackend> = DistillTask<B>;
+
+    fn task<B: AutodiffBackend>(config: &DistillConfig, device: &B::Device) -> Result<DistillTask<B>, TrainError> {
+        DistillTask::new(config, device).map_err(|e| TrainError::Data(e.to_string()))
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main_with::<DistillStage, Extra>(|x| match x {
+        Extra::Teacher(c) => cli::run_stage::<TeacherStage>(&c.common, &c.stage),
+        Extra::TeacherScore(a) => teacher_score(a),
+        Extra::TeacherMap(a) => teacher_map(a),
+    })
 }

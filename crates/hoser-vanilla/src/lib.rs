@@ -240,6 +240,11 @@ impl VanillaTask {
         &self.data
     }
 
+    /// The collator of the training and validation batches (its `max_len` crop included).
+    pub fn collator(&self) -> &Collator {
+        &self.collator
+    }
+
     /// The model config (table sizes from the data).
     pub fn model_config(&self) -> &HoserConfig {
         &self.model
@@ -293,6 +298,45 @@ pub struct VanillaBatch<B: Backend> {
     batch: DeviceBatch<B>,
 }
 
+impl<B: Backend> VanillaBatch<B> {
+    /// The batch's prediction steps (masks and targets).
+    pub fn steps(&self) -> &CandidateSteps<B> {
+        &self.batch.steps
+    }
+}
+
+/// One forward pass's loss terms (each `None` when its weight is 0, so it is not computed) and
+/// the next-road logits `[B, T, C]` they came from.
+pub struct StepTerms<B: Backend> {
+    /// Masked next-road cross-entropy `L_next`.
+    pub next_step: Option<Tensor<B, 1>>,
+    /// HOSER's log1p relative time loss `L_time`.
+    pub time: Option<Tensor<B, 1>>,
+    /// The candidate logits.
+    pub logits: Tensor<B, 3>,
+}
+
+impl VanillaTask {
+    /// The model's forward pass on `batch` and the loss terms whose weight is not 0: what
+    /// `train_step` combines, and what hoser-distill adds its KL term to.
+    pub fn step_terms<B: AutodiffBackend>(
+        &self,
+        model: &Hoser<B>,
+        batch: &VanillaBatch<B>,
+    ) -> TaskResult<StepTerms<B>> {
+        let b = &batch.batch;
+        let (logits, time_pred) = model.forward(&batch.graph, &b.input);
+        let next_step =
+            if self.loss.is_active("ce") { Some(masked_cross_entropy(logits.clone(), &b.steps)?) } else { None };
+        let time = if self.loss.is_active("time") {
+            Some(hoser_time_loss(time_pred, b.seconds.clone(), &b.steps, self.norm)?)
+        } else {
+            None
+        };
+        Ok(StepTerms { next_step, time, logits })
+    }
+}
+
 impl<B: AutodiffBackend> Task<B> for VanillaTask {
     type Model = Hoser<B>;
     type Batch = VanillaBatch<B>;
@@ -314,14 +358,13 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
     }
 
     fn train_step(&self, model: &Hoser<B>, batch: &VanillaBatch<B>) -> TaskResult<StepOutput<B>> {
-        let b = &batch.batch;
-        let (logits, time_pred) = model.forward(&batch.graph, &b.input);
+        let terms = self.step_terms(model, batch)?;
         let mut computed = Vec::new();
-        if self.loss.is_active("ce") {
-            computed.push(("ce", masked_cross_entropy(logits, &b.steps)?));
+        if let Some(ce) = terms.next_step {
+            computed.push(("ce", ce));
         }
-        if self.loss.is_active("time") {
-            computed.push(("time", hoser_time_loss(time_pred, b.seconds.clone(), &b.steps, self.norm)?));
+        if let Some(time) = terms.time {
+            computed.push(("time", time));
         }
         let out = self.loss.combine(computed)?;
         let mut metrics = out.components();

@@ -74,6 +74,33 @@ pub struct RunConfig<M, D, L = NoSection> {
     pub loss: L,
 }
 
+impl<M, D, L> RunConfig<M, D, L> {
+    /// The same shared sections (seed, training, optimizer, checkpoints, ...) with other
+    /// `model`, `data` and `loss` sections: how a stage that extends another (hoser-distill
+    /// over hoser-vanilla) hands the inner stage its config.
+    pub fn with_sections<M2, D2, L2>(&self, model: M2, data: D2, loss: L2) -> RunConfig<M2, D2, L2> {
+        RunConfig {
+            seed: self.seed,
+            device: self.device.clone(),
+            output_dir: self.output_dir.clone(),
+            training: self.training.clone(),
+            optimizer: self.optimizer.clone(),
+            logging: self.logging.clone(),
+            debug: self.debug.clone(),
+            checkpoint: self.checkpoint.clone(),
+            early_stopping: self.early_stopping.clone(),
+            spike_guard: self.spike_guard.clone(),
+            ema: self.ema.clone(),
+            swa: self.swa.clone(),
+            oom: self.oom.clone(),
+            resume: self.resume.clone(),
+            model,
+            data,
+            loss,
+        }
+    }
+}
+
 impl<M: Default, D: Default, L: Default> Default for RunConfig<M, D, L> {
     fn default() -> Self {
         Self {

@@ -158,7 +158,34 @@ pub trait Task<B: AutodiffBackend> {
     }
 
     /// The training mode (`train`, `distill`, ...); a checkpoint of another mode is refused on resume.
+    /// Settings after the name as `key=value` words (`distill lambda=0.01 window=4`) are compared
+    /// one by one, so a refusal lists each one that changed.
     fn mode(&self) -> String {
         "train".into()
     }
+
+    /// Called as a resume proceeds, for a stage's own console lines (seed 002's
+    /// `✅ Valid checkpoint found: …`): once the checkpoint is accepted, and once it is restored.
+    fn on_resume(&self, _event: ResumeEvent<'_>) {}
+}
+
+/// How far a resume has got (see [`Task::on_resume`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ResumeEvent<'a> {
+    /// The checkpoint belongs to this run and will be resumed.
+    Found {
+        /// The checkpoint.
+        path: &'a std::path::Path,
+        /// Optimizer steps it holds.
+        step: u64,
+        /// Epochs completed when it was written (0-based index of the epoch in progress).
+        epoch: u64,
+    },
+    /// Weights, optimizer and loop state are restored; training continues from `state`.
+    Restored {
+        /// The checkpoint.
+        path: &'a std::path::Path,
+        /// Where the loop stands.
+        state: crate::train::LoopState,
+    },
 }

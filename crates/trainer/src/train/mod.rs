@@ -43,7 +43,7 @@ use crate::interrupt::{Interrupts, Signal};
 use crate::oom::{self, OomConfig, OomRung};
 pub use crate::policy::{Decision, StopPolicy, Validation};
 use crate::spike_guard::{SpikeGuard, SpikeGuardConfig};
-use crate::task::{Mode, Selection, Task, TaskError};
+use crate::task::{Mode, ResumeEvent, Selection, Task, TaskError};
 use crate::telemetry::{Telemetry, TelemetryCounters};
 
 /// Why a run failed.
@@ -498,6 +498,9 @@ impl<'a> Trainer<'a> {
         };
 
         let mut source = resume::find_source(&cfg, &identity)?;
+        if let Some((path, file)) = &source {
+            task.on_resume(ResumeEvent::Found { path, step: file.meta.step, epoch: file.meta.epoch });
+        }
         if source.is_none() {
             // A fresh start never mixes with an earlier run's files: set them aside.
             if let Some(archived) = resume::archive_previous_run(&cfg)? {
@@ -603,6 +606,9 @@ impl<'a> Trainer<'a> {
         drop(restored);
         let resumed_from = source.map(|(p, _)| p);
         run.announce(&model, resumed_from.as_deref())?;
+        if let Some(path) = &resumed_from {
+            task.on_resume(ResumeEvent::Restored { path, state: run.st });
+        }
         let (model, reason) = run.train(model)?;
         run.finish(model, reason, resumed_from)
     }
