@@ -4,9 +4,10 @@
 //! For each distilled step `t` of a trajectory `r_0 … r_L` (every real step, or only the last with
 //! `distill.steps: last`), the teacher reads the ground-truth history `[SOT] + cell(r_0) … cell(r_t)`
 //! cut from the left to its last `distill.window` tokens (SOT kept while it fits), and its
-//! next-token distribution is read at each candidate road's cell. [`losses::sequence::distillation_kl`]
-//! restricts that to the real candidates, renormalises, tempers both sides by `τ` and takes the
-//! forward KL(teacher ‖ student); `distill.temperature_squared: true` multiplies it by `τ²`
+//! next-token distribution is read at each candidate road's cell. That is restricted to the real
+//! candidates, renormalised and tempered by `τ` on the host ([`TemperedTeacher`], the rules of
+//! [`losses::sequence::distillation_kl`]), and [`distillation_kl_tempered`] takes the forward
+//! KL(teacher ‖ student) against the student's tempered candidate distribution; `distill.temperature_squared: true` multiplies it by `τ²`
 //! (Hinton), `false` (the fork's scaling) does not. The loss is
 //! `ce_weight · L_next + time_weight · L_time + distill.lambda · KL`.
 //!
@@ -22,8 +23,8 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
 use hoser::data::{DataError, Sample, file_crc32c};
 use hoser::lmtad::model::InputError;
 use hoser::lmtad::teacher::{TOKEN_MAP_FILE, Teacher, TeacherError, WEIGHTS_FILE};
@@ -31,7 +32,7 @@ use hoser::lmtad::tokens::{TokenError, TokenMap};
 use hoser::model::Hoser;
 use hoser_vanilla::{DataSection, LossSection, ModelSection, VanillaBatch, VanillaConfig, VanillaError, VanillaTask};
 use losses::combined::{CombinedError, CombinedLoss};
-use losses::sequence::distillation_kl;
+use losses::sequence::{TemperedTeacher, distillation_kl_tempered};
 use serde::{Deserialize, Serialize};
 use trainer::config::{ConfigProblem, RunConfig, Validate};
 use trainer::task::{Metrics, ResumeEvent, Selection, StepOutput, Task, TaskResult};
@@ -618,16 +619,16 @@ impl<B: AutodiffBackend> DistillTask<B> {
         self.distill.as_ref().map(|d| d.teacher_id.as_str())
     }
 
-    /// `[B, T, C]` teacher candidate probabilities of the collated batch of training samples
-    /// `indices` (0 on steps that are not distilled and on padding).
+    /// The tempered teacher targets of the collated batch of training samples `indices`
+    /// (shape `[B, T, C]`): every distilled step's candidate probabilities, renormalised and
+    /// tempered on the host ([`TemperedTeacher`]). `None` when λ is 0.
     pub fn teacher_batch(
         &self,
         indices: &[usize],
         shape: [usize; 3],
         device: &B::Device,
-    ) -> Result<Option<Tensor<B, 3>>, DistillError> {
+    ) -> Result<Option<(TemperedTeacher, Tensor<B, 3>)>, DistillError> {
         let Some(d) = &self.distill else { return Ok(None) };
-        let [b, t, c] = shape;
         let samples: Vec<&Sample> = indices.iter().map(|&i| &self.vanilla.data().train.samples[i]).collect();
         let only_last = d.section.steps == DistillSteps::Last;
         let online;
@@ -639,29 +640,28 @@ impl<B: AutodiffBackend> DistillTask<B> {
             }
         };
         let max_len = self.vanilla.collator().max_len();
-        let mut out = vec![0f32; b * t * c];
+        let mut targets = TemperedTeacher::new(shape);
         for (row, sample) in samples.iter().enumerate() {
             let len = max_len.map_or(sample.trace_len(), |m| m.min(sample.trace_len()));
             let start = sample.trace_len() - len;
             let mut offset: usize = (0..start).map(|i| sample.candidates(i).len()).sum();
             for k in 0..len {
                 let n = sample.candidates(start + k).len();
-                let distilled = !only_last || k + 1 == len;
-                if distilled {
-                    let at = (row * t + k) * c;
-                    out[at..at + n].copy_from_slice(&probs[row][offset..offset + n]);
+                if !only_last || k + 1 == len {
+                    targets.push(row, k, &probs[row][offset..offset + n], d.section.temperature);
                 }
                 offset += n;
             }
         }
-        Ok(Some(Tensor::from_data(TensorData::new(out, shape), device)))
+        let q = targets.probs(device);
+        Ok(Some((targets, q)))
     }
 }
 
 /// One training micro-batch: hoser-vanilla's, and the teacher's candidate probabilities.
 pub struct DistillBatch<B: Backend> {
     vanilla: VanillaBatch<B>,
-    teacher: Option<Tensor<B, 3>>,
+    teacher: Option<(TemperedTeacher, Tensor<B, 3>)>,
 }
 
 impl<B: AutodiffBackend> Task<B> for DistillTask<B> {
@@ -691,13 +691,9 @@ impl<B: AutodiffBackend> Task<B> for DistillTask<B> {
         if let Some(time) = terms.time {
             computed.push(("time_pred", time));
         }
-        if let (Some(d), Some(teacher)) = (&self.distill, &batch.teacher) {
-            let all = batch.vanilla.steps();
-            let steps = match d.section.steps {
-                DistillSteps::All => all.clone(),
-                DistillSteps::Last => all.last_step_only(),
-            };
-            let kl = distillation_kl(terms.logits, teacher.clone(), &steps, d.section.temperature)?;
+        if let (Some(d), Some((teacher, q))) = (&self.distill, &batch.teacher) {
+            let mask = batch.vanilla.steps().candidate_mask().clone();
+            let kl = distillation_kl_tempered(terms.logits, teacher, q.clone(), mask, d.section.temperature)?;
             let scale = d.section.scale();
             computed.push(("kl", if scale == 1.0 { kl } else { kl.mul_scalar(scale) }));
         }

@@ -375,6 +375,100 @@ pub fn distillation_kl<B: Backend>(
     Ok(masked_mean(kl, usable))
 }
 
+/// A batch's tempered teacher targets for [`distillation_kl_tempered`], prepared on the host: the
+/// teacher is frozen, so its side of [`distillation_kl`] (restriction to the real candidates,
+/// renormalisation, temperature, `Σ q_τ log q_τ`) needs no device work and no autodiff graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemperedTeacher {
+    shape: [usize; 3],
+    /// `[B, T, C]` `q_τ`, 0 on padded slots and on steps that are not distilled.
+    q: Vec<f32>,
+    /// `Σ q_τ · log max(q_τ, 1e-9)` over the distilled steps (f64).
+    neg_entropy: f64,
+    steps: usize,
+}
+
+impl TemperedTeacher {
+    /// No distilled step yet, for a batch of shape `[B, T, C]`.
+    pub fn new(shape: [usize; 3]) -> Self {
+        Self { shape, q: vec![0.0; shape.iter().product()], neg_entropy: 0.0, steps: 0 }
+    }
+
+    /// Distils step `(row, step)`, whose real candidates (the first `teacher.len()` slots) have
+    /// teacher probabilities `teacher`, at temperature `τ`, with exactly [`distillation_kl`]'s
+    /// rules: renormalised over the candidates (mass floored at 1e-9), floored at 1e-9, raised to
+    /// `1/τ` and renormalised. A step with no candidate, or whose teacher mass is 0 or not finite,
+    /// is skipped (returns `false`), as the reference skips such rows. Computed in f64.
+    pub fn push(&mut self, row: usize, step: usize, teacher: &[f32], temperature: f64) -> bool {
+        let [b, t, c] = self.shape;
+        assert!(
+            row < b && step < t && teacher.len() <= c,
+            "step ({row}, {step}) with {} candidates outside {:?}",
+            teacher.len(),
+            self.shape
+        );
+        let mass: f64 = teacher.iter().map(|&p| f64::from(p)).sum();
+        if teacher.is_empty() || !(mass.is_finite() && mass > 0.0) {
+            return false;
+        }
+        let mass = mass.max(TEACHER_PROB_FLOOR);
+        let tempered: Vec<f64> =
+            teacher.iter().map(|&p| (f64::from(p) / mass).max(TEACHER_PROB_FLOOR).powf(1.0 / temperature)).collect();
+        let total: f64 = tempered.iter().sum();
+        let at = (row * t + step) * c;
+        for (slot, q) in tempered.iter().map(|q| q / total).enumerate() {
+            self.q[at + slot] = q as f32;
+            self.neg_entropy += q * q.max(TEACHER_PROB_FLOOR).ln();
+        }
+        self.steps += 1;
+        true
+    }
+
+    /// Number of distilled steps.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// `[B, T, C]` `q_τ` on `device`.
+    pub fn probs<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+        Tensor::from_data(burn::tensor::TensorData::new(self.q.clone(), self.shape), device)
+    }
+}
+
+/// [`distillation_kl`] with the teacher side prepared on the host ([`TemperedTeacher`]):
+///
+/// ```text
+/// L = (1 / |K|) · (Σ_K Σ_c q_τ,c log q_τ,c − Σ_K Σ_c q_τ,c · log softmax_{c ∈ R}(logits / τ)_c)
+/// ```
+///
+/// — the same value (to float rounding) and the same gradient, with a handful of device
+/// operations instead of the teacher's whole pipeline. `q` is the teacher's
+/// [`TemperedTeacher::probs`] (`[B, T, C]`), `candidate_mask` the real candidates. No `τ²` factor.
+/// If no step is distilled the result is `0` with zero gradient. Returns a one-element tensor.
+pub fn distillation_kl_tempered<B: Backend>(
+    student_logits: Tensor<B, 3>,
+    teacher: &TemperedTeacher,
+    q: Tensor<B, 3>,
+    candidate_mask: impl IntoMask<B, 3>,
+    temperature: f64,
+) -> Result<Tensor<B, 1>, SequenceLossError> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(SequenceLossError::Temperature(temperature));
+    }
+    check_shape("student logits", &teacher.shape, &student_logits.dims())?;
+    check_shape("teacher probabilities", &teacher.shape, &q.dims())?;
+    if teacher.steps == 0 {
+        return Ok(student_logits.sum().mul_scalar(0.0));
+    }
+    let mask = candidate_mask.into_mask();
+    check_shape("candidate mask", &teacher.shape, &mask.dims())?;
+    // Padded slots hold the finite MASKED_LOG_PROB and q = 0 there: no NaN, no gradient.
+    let log_p = masked_log_softmax(student_logits.div_scalar(temperature), mask);
+    let dtype = log_p.dtype();
+    let cross = log_p.mul(q.cast(dtype)).sum();
+    Ok(cross.neg().add_scalar(teacher.neg_entropy).div_scalar(teacher.steps as f64))
+}
+
 /// Next-step accuracy counts for one batch: `correct = Σ_{S} [argmax_{c ∈ real} logits = target]`,
 /// `total = |S|` over the supervised steps `S`.
 ///

@@ -5,9 +5,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use losses::sequence::{
-    CandidateSteps, MASKED_LOG_PROB, NextStepAccuracy, SequenceLossError, TimeErrorSums, TimeNormalization,
-    distillation_kl, hoser_time_loss, masked_cross_entropy, masked_log_softmax, masked_softmax, next_step_accuracy,
-    time_error,
+    CandidateSteps, MASKED_LOG_PROB, NextStepAccuracy, SequenceLossError, TemperedTeacher, TimeErrorSums,
+    TimeNormalization, distillation_kl, distillation_kl_tempered, hoser_time_loss, masked_cross_entropy,
+    masked_log_softmax, masked_softmax, next_step_accuracy, time_error,
 };
 
 type Cpu = Flex;
@@ -541,6 +541,86 @@ fn kl_matches_loop_on_ragged_batch() {
         let want = ref_kl(&student, &teacher, &batch, &all_real_steps(&batch), tau);
         assert_close(got, want, 1e-5, &format!("KL at τ = {tau}"));
     }
+}
+
+/// The host-prepared teacher of `batch` over `steps` (teacher values read at the real slots).
+fn tempered(teacher: &[f64], batch: &Batch, steps: &[(usize, usize)], tau: f64) -> TemperedTeacher {
+    let mut t = TemperedTeacher::new(batch.dims);
+    for &(b, s) in steps {
+        let probs: Vec<f32> = batch.real(b, s).iter().map(|&c| teacher[batch.idx(b, s, c)] as f32).collect();
+        t.push(b, s, &probs, tau);
+    }
+    t
+}
+
+#[test]
+fn host_tempered_kl_equals_the_device_kl_in_value_and_gradient() {
+    let batch = ragged_with_empty_row();
+    let student = noise(36, 33.0);
+    let teacher: Vec<f64> = noise(36, 34.0).iter().map(|v| v.abs() + 0.05).collect();
+    let mask = |b: &Batch| b.steps::<Cpu>().candidate_mask().clone();
+    for tau in [1.0, 2.0, 0.7] {
+        let steps = all_real_steps(&batch);
+        let prepared = tempered(&teacher, &batch, &steps, tau);
+        assert_eq!(prepared.steps(), steps.len());
+        let got = value(
+            distillation_kl_tempered(
+                floats::<Cpu, 3>(&student, batch.dims, DType::F64),
+                &prepared,
+                prepared.probs::<Cpu>(&Default::default()),
+                mask(&batch),
+                tau,
+            )
+            .unwrap(),
+        );
+        assert_close(got, ref_kl(&student, &teacher, &batch, &steps, tau), 1e-6, &format!("τ = {tau}"));
+        // Only the last real step of each row (the fork's choice) through the same path.
+        let last = [(0, 1), (1, 2)];
+        let prepared_last = tempered(&teacher, &batch, &last, tau);
+        let got_last = value(
+            distillation_kl_tempered(
+                floats::<Cpu, 3>(&student, batch.dims, DType::F64),
+                &prepared_last,
+                prepared_last.probs::<Cpu>(&Default::default()),
+                mask(&batch),
+                tau,
+            )
+            .unwrap(),
+        );
+        assert_close(got_last, ref_kl(&student, &teacher, &batch, &last, tau), 1e-6, "last steps");
+        check_gradient(
+            &student,
+            batch.dims,
+            |x| {
+                let m = batch.steps::<Ad>().candidate_mask().clone();
+                distillation_kl_tempered(x, &prepared, prepared.probs::<Ad>(&Default::default()), m, tau).unwrap()
+            },
+            |x| {
+                value(
+                    distillation_kl(
+                        floats::<Cpu, 3>(x, batch.dims, DType::F64),
+                        floats::<Cpu, 3>(&teacher, batch.dims, DType::F64),
+                        &batch.steps(),
+                        tau,
+                    )
+                    .unwrap(),
+                )
+            },
+        );
+    }
+    // Nothing distilled: 0, and a zero-mass or empty step is skipped.
+    let mut none = TemperedTeacher::new(batch.dims);
+    assert!(!none.push(0, 0, &[0.0, 0.0, 0.0], 2.0));
+    assert!(!none.push(0, 2, &[], 2.0));
+    let zero = distillation_kl_tempered(
+        floats::<Cpu, 3>(&student, batch.dims, DType::F64),
+        &none,
+        none.probs::<Cpu>(&Default::default()),
+        mask(&batch),
+        2.0,
+    )
+    .unwrap();
+    assert_eq!(value(zero), 0.0);
 }
 
 #[test]
