@@ -12,7 +12,7 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use hoser::lmtad::tokens::TokenMap;
 use hoser_distill::distill::{DistillSection, candidate_probs};
-use losses::sequence::{CandidateSteps, distillation_kl};
+use losses::sequence::{CandidateSteps, TemperedTeacher, distillation_kl, distillation_kl_tempered};
 use serde::Deserialize;
 
 type Cpu = Flex;
@@ -226,6 +226,54 @@ fn padding_never_enters_a_distribution() {
             let base = distill_term(case, map, true, false, DType::F64);
             let other = distill_term(changed, map, true, false, DType::F64);
             assert!((base - other).abs() > 1e-6, "{}: a real slot did not change the KL", case.name);
+        }
+    }
+}
+
+/// What a training step computes: each distilled step's real candidates read through the token
+/// map and tempered on the host ([`TemperedTeacher`]), then [`distillation_kl_tempered`] against
+/// the student logits (padded slots hold logit 50 and road 0), times [`DistillSection::scale`].
+fn stage_term(case: &Case, map: &TokenMap, last: bool, temperature_squared: bool) -> f64 {
+    let [b, t, c] = case.dims();
+    let mut teacher = TemperedTeacher::new([b, t, c]);
+    for row in 0..b {
+        let len = case.trace_len[row] as usize;
+        for step in 0..len {
+            if last && step + 1 != len {
+                continue;
+            }
+            let k = case.candidate_len[row][step] as usize;
+            let next: Vec<f32> = case.next_probs[row][step].iter().map(|&p| p as f32).collect();
+            teacher.push(
+                row,
+                step,
+                &candidate_probs(&next, &case.candidate_roads[row][step][..k], map),
+                case.temperature,
+            );
+        }
+    }
+    let steps = CandidateSteps::<Cpu>::from_lengths(
+        ints(case.trace_len.clone(), [b]),
+        ints(case.candidate_len.concat(), [b, t]),
+        ints(vec![0; b * t], [b, t]),
+        c,
+    )
+    .unwrap();
+    let logits = floats(case.logits.concat().concat(), [b, t, c], DType::F64);
+    let q = teacher.probs::<Cpu>(&Default::default());
+    let kl = distillation_kl_tempered(logits, &teacher, q, steps.candidate_mask().clone(), case.temperature).unwrap();
+    let kl = kl.into_data().iter::<f64>().next().unwrap();
+    kl * DistillSection { temperature: case.temperature, temperature_squared, ..DistillSection::default() }.scale()
+}
+
+#[test]
+fn the_training_steps_host_prepared_kl_matches_the_numpy_reference() {
+    let f = fixture();
+    for case in &f.cases {
+        for (last, squared) in VARIANTS {
+            let want = expected(case, last, squared);
+            let got = stage_term(case, &f.token_map, last, squared);
+            assert!((got - want).abs() <= 1e-6, "{} {}: got {got}, numpy {want}", case.name, variant(last, squared));
         }
     }
 }
