@@ -315,7 +315,7 @@ const TEACHER_CHUNK: usize = 256;
 
 impl TeacherProbs {
     /// Runs `teacher` once per distinct history window of `samples` (in batches) and reads each
-    /// step's candidates. `steps_of(sample)` chooses the steps computed (others hold 0).
+    /// step's candidates: every step, or with `only_last` the last of each sample (the others hold 0).
     pub fn compute<B: Backend>(
         teacher: &Teacher<B>,
         samples: &[&Sample],
@@ -345,20 +345,39 @@ impl TeacherProbs {
             }
         }
         let vocab = map.vocab_size();
-        let mut next: Vec<f32> = Vec::with_capacity(windows.len() * vocab);
-        for chunk in windows.chunks(TEACHER_CHUNK) {
-            let logp = teacher.model.next_token_log_probs(chunk, map.pad(), device)?;
-            let values = logp.exp().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
-            next.extend(values);
-        }
         let mut probs: Vec<Vec<f32>> =
             samples.iter().map(|s| vec![0.0; (0..s.trace_len()).map(|i| s.candidates(i).len()).sum()]).collect();
-        for (s, step, id) in wanted {
-            let sample = samples[s];
-            let offset: usize = (0..step).map(|i| sample.candidates(i).len()).sum();
-            let row = &next[id * vocab..(id + 1) * vocab];
-            let p = candidate_probs(row, sample.candidates(step), map);
-            probs[s][offset..offset + p.len()].copy_from_slice(&p);
+        // Each step's offset into its sample's candidates.
+        let offsets: Vec<Vec<usize>> = samples
+            .iter()
+            .map(|s| {
+                let mut at = 0;
+                (0..s.trace_len())
+                    .map(|i| {
+                        let o = at;
+                        at += s.candidates(i).len();
+                        o
+                    })
+                    .collect()
+            })
+            .collect();
+        // One chunk of distinct windows at a time: only `TEACHER_CHUNK × V` probabilities are ever
+        // held, whatever the dataset's size.
+        wanted.sort_unstable_by_key(|&(_, _, id)| id);
+        let mut next_use = 0;
+        for (c, chunk) in windows.chunks(TEACHER_CHUNK).enumerate() {
+            let logp = teacher.model.next_token_log_probs(chunk, map.pad(), device)?;
+            let next = logp.exp().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+            let end = (c + 1) * TEACHER_CHUNK;
+            while next_use < wanted.len() && wanted[next_use].2 < end {
+                let (s, step, id) = wanted[next_use];
+                let local = id - c * TEACHER_CHUNK;
+                let row = &next[local * vocab..(local + 1) * vocab];
+                let p = candidate_probs(row, samples[s].candidates(step), map);
+                let at = offsets[s][step];
+                probs[s][at..at + p.len()].copy_from_slice(&p);
+                next_use += 1;
+            }
         }
         Ok(Self { probs })
     }
