@@ -245,8 +245,8 @@ pub enum DistillError {
     /// The dataset or the vanilla part of the config.
     #[error(transparent)]
     Vanilla(#[from] VanillaError),
-    /// The teacher directory could not be loaded.
-    #[error("teacher {}: {source}", dir.display())]
+    /// The teacher directory could not be loaded (the message names the directory or file).
+    #[error("the teacher: {source}")]
     Teacher {
         /// The directory.
         dir: PathBuf,
