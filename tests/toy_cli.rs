@@ -68,6 +68,16 @@ fn a_step_budget_flag_replaces_an_epoch_budget_from_yaml() {
 }
 
 #[test]
+fn a_step_budget_and_an_epoch_budget_together_are_refused_naming_both_flags() {
+    // Before, the later override silently won: `--max-steps 1 --epochs 2` trained two epochs.
+    for args in [["--max-steps", "1", "--epochs", "2"], ["--epochs", "2", "--max-steps", "1"]] {
+        let (code, _, err) = run(toy().args(args).arg("--print-config"));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--max-steps") && err.contains("--epochs"), "{err}");
+    }
+}
+
+#[test]
 fn print_config_shows_the_merged_config() {
     let (code, out, err) = run(toy().args(["--config", "configs/smoke/toy.yaml", "--print-config"]));
     assert_eq!(code, 0, "{err}");

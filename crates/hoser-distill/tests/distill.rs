@@ -85,7 +85,7 @@ fn student_epochs(c: &mut Command, out: &Path, epochs: u64) {
     student_budget(c, out, &["--epochs", &epochs.to_string()]);
 }
 
-/// `budget`: `--epochs N` or `--max-steps N` (whichever comes, `--epochs` wins over the other).
+/// `budget`: `--epochs N` or `--max-steps N` (the two together are refused).
 fn student_budget(c: &mut Command, out: &Path, budget: &[&str]) {
     c.args(["--config", "configs/hoser/helsinki_test.yaml", "--output-dir"]).arg(out);
     c.args(budget).args(QUIET).args(SMALL);

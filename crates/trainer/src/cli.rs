@@ -141,8 +141,8 @@ pub struct CommonArgs {
     /// `seed`.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// `training.max_steps` (also clears `training.epochs`).
-    #[arg(long, visible_alias = "steps", value_name = "N")]
+    /// `training.max_steps` (also clears `training.epochs`; not with `--epochs`).
+    #[arg(long, visible_alias = "steps", value_name = "N", conflicts_with = "epochs")]
     pub max_steps: Option<u64>,
     /// `training.epochs` (also clears `training.max_steps`).
     #[arg(long, value_name = "N")]
