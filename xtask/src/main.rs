@@ -32,12 +32,13 @@ struct StageInfo {
     /// the training tiles and, for the demo, for held-out validation tiles of another seed.
     tiles: Option<Tiles>,
     /// Extra inputs a smoke or demo run needs beyond the tiles (stage 3: opt_v2 estimates and a
-    /// stage-1 base): returns the flags that pass them.
+    /// stage-1 base; hoser-distill: a teacher): returns the flags that pass them.
     inputs: Option<Inputs>,
 }
 
-/// Prepares a stage's extra inputs for a run over some tiles; returns the flags passing them.
-type Inputs = fn(Run, &RunTiles) -> Result<Vec<String>>;
+/// Prepares a stage's extra inputs for a run (over its tiles, for a stage that has some); returns
+/// the flags passing them.
+type Inputs = fn(Run, Option<&RunTiles>) -> Result<Vec<String>>;
 
 /// Which kind of run [`StageInfo::inputs`] prepares.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,17 @@ const STAGES: &[StageInfo] = &[
         tiles: None,
         inputs: None,
     },
+    StageInfo {
+        name: "hoser-distill",
+        package: "hoser-distill",
+        bin: "hoser-distill",
+        subcommand: None,
+        smoke_config: "configs/smoke/hoser-distill.yaml",
+        demo_config: Some("configs/hoser/helsinki_test.yaml"),
+        libraries: &["hoser"],
+        tiles: None,
+        inputs: Some(distill_inputs),
+    },
 ];
 
 /// Per-band offset (B2, B3, B4, B8) of stage 3's smoke estimates: a stage 2 whose colour
@@ -135,7 +147,8 @@ const SMOKE_OPT_V2_OFFSET: [f32; 4] = [0.05, 0.04, 0.06, 0.08];
 /// stage-2 format (the smoke config trains on a random base). Demo: the honest pipeline — stage 1's
 /// demo run (trained first unless `runs/demo/stage1` holds its outputs), `stage1 predict` on the
 /// training and the held-out tiles, and its `base_model.safetensors` as `--pretrained`.
-fn stage3_inputs(kind: Run, tiles: &RunTiles) -> Result<Vec<String>> {
+fn stage3_inputs(kind: Run, tiles: Option<&RunTiles>) -> Result<Vec<String>> {
+    let tiles = tiles.context("stage 3 runs on tiles")?;
     match kind {
         Run::Smoke => {
             let dir = target_dir().join("tiles").join("stage3-smoke-opt_v2");
@@ -171,6 +184,8 @@ fn stage3_inputs(kind: Run, tiles: &RunTiles) -> Result<Vec<String>> {
             if !(base.is_file() && best.is_file()) {
                 eprintln!("xtask: demo stage3: no stage-1 demo run in {}; training it first", stage1.display());
                 demo(Some("stage1"))?;
+            } else {
+                build_stage_binaries(Some("stage1"))?;
             }
             let dir = root().join("runs").join("demo").join("stage3-opt_v2");
             if dir.exists() {
@@ -190,6 +205,30 @@ fn stage3_inputs(kind: Run, tiles: &RunTiles) -> Result<Vec<String>> {
             ])
         }
     }
+}
+
+/// Epochs of the smoke run's teacher (on the teacher's demo config): enough to beat the unigram
+/// baseline (validation perplexity 41 against 139), a few seconds.
+const SMOKE_TEACHER_EPOCHS: &str = "10";
+
+/// hoser-distill's teacher, trained by the `lmtad-teacher` stage beside the distilled run's
+/// outputs and passed as `--teacher`. Smoke: the teacher's demo config for
+/// [`SMOKE_TEACHER_EPOCHS`] epochs (in `target/smoke/hoser-distill-teacher`). Demo: the teacher's
+/// whole demo run (in `runs/demo/hoser-distill-teacher`).
+fn distill_inputs(kind: Run, _tiles: Option<&RunTiles>) -> Result<Vec<String>> {
+    let teacher = stages(Some("lmtad-teacher"))?[0];
+    let config = teacher.demo_config.context("the lmtad-teacher stage has a demo config")?;
+    let (dir, epochs) = match kind {
+        Run::Smoke => (target_dir().join("smoke").join("hoser-distill-teacher"), Some(SMOKE_TEACHER_EPOCHS)),
+        Run::Demo => (root().join("runs").join("demo").join("hoser-distill-teacher"), None),
+    };
+    let mut cmd = stage_run(teacher, config, &dir)?;
+    cmd.args(["--set", "logging.log_dir=null", "--set", "logging.tensorboard_dir=null"]);
+    if let Some(n) = epochs {
+        cmd.args(["--epochs", n]);
+    }
+    run(cmd, "hoser-distill teacher")?;
+    Ok(vec!["--teacher".into(), dir.display().to_string()])
 }
 
 #[derive(Parser)]
@@ -278,13 +317,11 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
-fn ci(stage: Option<&str>) -> Result<()> {
+/// The cargo package arguments of a stage's share of CI: `-p` for its package and its libraries,
+/// or `--workspace` for every stage.
+fn package_args(stage: Option<&str>) -> Result<Vec<String>> {
     let chosen = stages(stage)?;
-    let mut fmt = cargo();
-    fmt.args(["fmt", "--all", "--check"]);
-    run(fmt, "format check")?;
-
-    let package_args: Vec<String> = match stage {
+    Ok(match stage {
         None => vec!["--workspace".into()],
         Some(_) => {
             let mut v: Vec<String> = Vec::new();
@@ -295,7 +332,15 @@ fn ci(stage: Option<&str>) -> Result<()> {
             }
             v
         }
-    };
+    })
+}
+
+fn ci(stage: Option<&str>) -> Result<()> {
+    let package_args = package_args(stage)?;
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "format check")?;
+
     let mut clippy = cargo();
     clippy.args(["clippy", "--locked", "--all-targets"]).args(&package_args).args(["--", "-D", "warnings"]);
     run(clippy, "clippy")?;
@@ -336,12 +381,13 @@ fn run_tests(mut cmd: Command) -> Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
-/// Builds the stage binaries the way `cargo test --workspace` does (same feature unification,
-/// dev-dependencies included), so after the tests this is a no-op instead of a second build of
-/// burn's dependency tree with other features.
-fn build_stage_binaries() -> Result<()> {
+/// Builds the binaries of `stage` (every stage: `None`) the way `ci`'s `cargo test` does (same
+/// packages, same feature unification, dev-dependencies included), so after the tests this is a
+/// no-op instead of a second build of burn's dependency tree with other features, and a one-stage
+/// run builds only that stage's packages.
+fn build_stage_binaries(stage: Option<&str>) -> Result<()> {
     let mut build = cargo();
-    build.args(["test", "--locked", "--workspace", "--no-run"]);
+    build.args(["test", "--locked", "--no-run"]).args(package_args(stage)?);
     run(build, "build stage binaries")
 }
 
@@ -360,17 +406,19 @@ fn stage_run(s: &StageInfo, config: &str, out: &Path) -> Result<Command> {
 
 /// Runs the smoke configs; returns how many stages passed.
 fn smoke(stage: Option<&str>) -> Result<u64> {
-    build_stage_binaries()?;
+    build_stage_binaries(stage)?;
     let mut passed = 0;
     for s in stages(stage)? {
         let out = target_dir().join("smoke").join(s.name);
         let mut cmd = stage_run(s, s.smoke_config, &out)?;
+        let mut tiles = None;
         if let Some(t) = &s.tiles {
             let dir = synthetic_tiles(&format!("{}-smoke", s.name), t.smoke)?;
             cmd.args(["--set", &format!("data.data_dir={}", dir.display())]);
-            if let Some(inputs) = s.inputs {
-                cmd.args(inputs(Run::Smoke, &RunTiles { train: dir, val: None })?);
-            }
+            tiles = Some(RunTiles { train: dir, val: None });
+        }
+        if let Some(inputs) = s.inputs {
+            cmd.args(inputs(Run::Smoke, tiles.as_ref())?);
         }
         run(cmd, &format!("smoke {}", s.name))?;
         check_smoke(s, &out)?;
@@ -400,7 +448,7 @@ fn synthetic_tiles(name: &str, args: &[&str]) -> Result<PathBuf> {
 
 /// Trains every stage that has a demo config and prints its validation metrics.
 fn demo(stage: Option<&str>) -> Result<()> {
-    build_stage_binaries()?;
+    build_stage_binaries(stage)?;
     for s in stages(stage)? {
         let Some(config) = s.demo_config else {
             eprintln!("xtask: demo: {} has no demo config", s.name);
@@ -409,14 +457,16 @@ fn demo(stage: Option<&str>) -> Result<()> {
         let out = root().join("runs").join("demo").join(s.name);
         let mut cmd = stage_run(s, config, &out)?;
         cmd.args(["--set", "logging.log_dir=null", "--set", "logging.tensorboard_dir=null"]);
+        let mut tiles = None;
         if let Some(t) = &s.tiles {
             let train = synthetic_tiles(&format!("{}-demo-train", s.name), t.demo_train)?;
             let val = synthetic_tiles(&format!("{}-demo-val", s.name), t.demo_val)?;
             cmd.args(["--set", &format!("data.data_dir={}", train.display())]);
             cmd.args(["--set", &format!("data.val_dir={}", val.display())]);
-            if let Some(inputs) = s.inputs {
-                cmd.args(inputs(Run::Demo, &RunTiles { train, val: Some(val) })?);
-            }
+            tiles = Some(RunTiles { train, val: Some(val) });
+        }
+        if let Some(inputs) = s.inputs {
+            cmd.args(inputs(Run::Demo, tiles.as_ref())?);
         }
         let start = Instant::now();
         run(cmd, &format!("demo {}", s.name))?;
