@@ -246,14 +246,8 @@ pub enum DistillError {
     #[error(transparent)]
     Vanilla(#[from] VanillaError),
     /// The teacher directory could not be loaded (the message names the directory or file).
-    #[error("the teacher: {source}")]
-    Teacher {
-        /// The directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: TeacherError,
-    },
+    #[error("the teacher: {0}")]
+    Teacher(#[source] Box<TeacherError>),
     /// The teacher was trained on another dataset, or a road has no token.
     #[error("teacher {}: {source}", dir.display())]
     Tokens {
@@ -261,7 +255,7 @@ pub enum DistillError {
         dir: PathBuf,
         /// Why.
         #[source]
-        source: TokenError,
+        source: Box<TokenError>,
     },
     /// The window does not fit the teacher.
     #[error(
@@ -332,7 +326,7 @@ impl TeacherProbs {
         for (s, sample) in samples.iter().enumerate() {
             let cells = map
                 .cells(sample.trace_road_id())
-                .map_err(|source| DistillError::Tokens { dir: dir.clone(), source })?;
+                .map_err(|source| DistillError::Tokens { dir: dir.clone(), source: Box::new(source) })?;
             let t = sample.trace_len();
             let first = if only_last { t.saturating_sub(1) } else { 0 };
             for step in first..t {
@@ -497,7 +491,7 @@ enum TeacherSource<B: Backend> {
     /// Computed before training.
     Cached(TeacherProbs),
     /// The teacher, run on each batch.
-    Online(Teacher<B>),
+    Online(Box<Teacher<B>>),
 }
 
 /// The distillation settings of a run with `λ > 0`.
@@ -535,12 +529,11 @@ impl<B: AutodiffBackend> DistillTask<B> {
         }
         let dir = config.data.teacher_dir();
         let inner: B::Device = device.clone();
-        let teacher = Teacher::<B::InnerBackend>::load(&dir, &inner)
-            .map_err(|source| DistillError::Teacher { dir: dir.clone(), source })?;
+        let teacher = Teacher::<B::InnerBackend>::load(&dir, &inner).map_err(|e| DistillError::Teacher(Box::new(e)))?;
         teacher
             .map
             .check_dataset(&config.data.dataset, &vanilla.data().files.geo)
-            .map_err(|source| DistillError::Tokens { dir: dir.clone(), source })?;
+            .map_err(|source| DistillError::Tokens { dir: dir.clone(), source: Box::new(source) })?;
         if section.window > teacher.config.block_size {
             return Err(DistillError::Window { dir, window: section.window, block: teacher.config.block_size });
         }
@@ -623,7 +616,7 @@ impl<B: AutodiffBackend> DistillTask<B> {
             TeacherSource::Cached(probs)
         } else {
             tracing::info!("distill.cache is off: the teacher runs on every batch");
-            TeacherSource::Online(teacher)
+            TeacherSource::Online(Box::new(teacher))
         };
         Ok(Self { vanilla, loss, distill: Some(Distillation { section, source, teacher_id }), mode })
     }
