@@ -600,7 +600,11 @@ fn careless_teachers_and_distillation_settings_are_one_clear_error() {
     c.arg("--teacher").arg(&missing);
     let err = fails(c, 1);
     assert_eq!(errors(&err), 1, "{err}");
-    assert!(err.contains(&format!("the teacher: {}: no model_config.json", missing.display())) && err.contains("model_config.json"), "{err}");
+    assert!(
+        err.contains(&format!("the teacher: {}: no model_config.json", missing.display()))
+            && err.contains("model_config.json"),
+        "{err}"
+    );
     no_training(&out);
 
     // A directory without the weights.
