@@ -332,12 +332,6 @@ impl Stage for DistillStage {
             ("output_dir".into(), Value::from("save/{dataset}/seed{seed}_distill")),
             ("logging.log_dir".into(), Value::from("log/{dataset}/seed{seed}_distill")),
             ("logging.tensorboard_dir".into(), Value::from("tensorboard_log/{dataset}/seed{seed}_distill")),
-            ("training.batch_size".into(), Value::from(256u64)),
-            ("training.gradient_clip_norm".into(), Value::from(1.0)),
-            ("optimizer.lr".into(), Value::from(1e-3)),
-            ("optimizer.weight_decay".into(), Value::from(0.1)),
-            ("optimizer.scheduler.name".into(), Value::from("cosine")),
-            ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
             ("checkpoint.dir".into(), Value::from(".")),
             ("checkpoint.latest".into(), Value::from(true)),
             ("checkpoint.per_epoch".into(), Value::from(true)),
@@ -345,6 +339,9 @@ impl Stage for DistillStage {
             ("checkpoint.export_best".into(), Value::from("best")),
             ("resume.auto".into(), Value::from(true)),
         ]
+        .into_iter()
+        .chain(hoser_vanilla::upstream_training_defaults())
+        .collect()
     }
 
     fn aliases() -> Vec<(String, String)> {
@@ -354,8 +351,7 @@ impl Stage for DistillStage {
     /// `--dataset NAME` without `--config` reads hoser-vanilla's `configs/hoser/NAME.yaml` when it
     /// exists, so a distilled run has the same budget as the vanilla one.
     fn config_file(args: &DistillArgs) -> Option<PathBuf> {
-        let path = PathBuf::from("configs/hoser").join(format!("{}.yaml", args.dataset.as_deref()?));
-        path.is_file().then_some(path)
+        hoser_vanilla::dataset_config_file(args.dataset.as_deref())
     }
 
     fn output_dir_vars(config: &DistillConfig) -> Vec<(&'static str, String)> {

@@ -136,6 +136,28 @@ impl Validate for LossSection {
 /// Full config of the stage.
 pub type VanillaConfig = RunConfig<ModelSection, DataSection, LossSection>;
 
+/// Upstream `train.py`'s optimisation as dotted-key stage defaults: batch 256, gradient-norm clip
+/// 1.0, AdamW lr 1e-3 with weight decay 0.1, linear warm-up over 10 % of the run then cosine. What
+/// hoser-vanilla and hoser-distill both start from (below the config file).
+pub fn upstream_training_defaults() -> Vec<(String, figment::value::Value)> {
+    use figment::value::Value;
+    vec![
+        ("training.batch_size".into(), Value::from(256u64)),
+        ("training.gradient_clip_norm".into(), Value::from(1.0)),
+        ("optimizer.lr".into(), Value::from(1e-3)),
+        ("optimizer.weight_decay".into(), Value::from(0.1)),
+        ("optimizer.scheduler.name".into(), Value::from("cosine")),
+        ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
+    ]
+}
+
+/// `configs/hoser/NAME.yaml` when it exists: the config a `--dataset NAME` run without
+/// `--config` reads (upstream reads `config/NAME.yaml`), for hoser-vanilla and hoser-distill alike.
+pub fn dataset_config_file(dataset: Option<&str>) -> Option<PathBuf> {
+    let path = PathBuf::from("configs/hoser").join(format!("{}.yaml", dataset?));
+    path.is_file().then_some(path)
+}
+
 /// Why the task could not be built from the config and the dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum VanillaError {

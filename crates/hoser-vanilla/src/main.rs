@@ -55,24 +55,20 @@ impl Stage for Vanilla {
             ("output_dir".into(), Value::from("save/{dataset}/seed{seed}")),
             ("logging.log_dir".into(), Value::from("log/{dataset}/seed{seed}")),
             ("logging.tensorboard_dir".into(), Value::from("tensorboard_log/{dataset}/seed{seed}")),
-            ("training.batch_size".into(), Value::from(256u64)),
-            ("training.gradient_clip_norm".into(), Value::from(1.0)),
-            ("optimizer.lr".into(), Value::from(1e-3)),
-            ("optimizer.weight_decay".into(), Value::from(0.1)),
-            ("optimizer.scheduler.name".into(), Value::from("cosine")),
-            ("optimizer.scheduler.warmup_ratio".into(), Value::from(0.1)),
             // Seed 002 / upstream: `save/{dataset}/seed{seed}/epoch_N` and `best` side by side.
             ("checkpoint.dir".into(), Value::from(".")),
             ("checkpoint.per_epoch".into(), Value::from(true)),
             ("checkpoint.export_best".into(), Value::from("best")),
         ]
+        .into_iter()
+        .chain(hoser_vanilla::upstream_training_defaults())
+        .collect()
     }
 
     /// `--dataset NAME` without `--config` reads `configs/hoser/NAME.yaml` when it exists (upstream
     /// reads `config/NAME.yaml`), so `hoser-vanilla --dataset Porto --seed 42` has upstream's budget.
     fn config_file(args: &VanillaArgs) -> Option<PathBuf> {
-        let path = PathBuf::from("configs/hoser").join(format!("{}.yaml", args.dataset.as_deref()?));
-        path.is_file().then_some(path)
+        hoser_vanilla::dataset_config_file(args.dataset.as_deref())
     }
 
     fn output_dir_vars(config: &VanillaConfig) -> Vec<(&'static str, String)> {
