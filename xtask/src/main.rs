@@ -133,7 +133,7 @@ const STAGES: &[StageInfo] = &[
         subcommand: None,
         smoke_config: "configs/smoke/hoser-distill.yaml",
         demo_config: Some("configs/hoser/helsinki_test.yaml"),
-        libraries: &["hoser"],
+        libraries: &["hoser", "hoser-vanilla"],
         tiles: None,
         inputs: Some(distill_inputs),
     },

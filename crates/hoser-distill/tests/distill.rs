@@ -206,43 +206,23 @@ fn teacher_id(dir: &Path) -> String {
     format!("{:08x}", crc32c::crc32c(&[w.to_le_bytes(), m.to_le_bytes()].concat()))
 }
 
-/// The hoser-vanilla binary of this target directory, brought up to date with `cargo build`
-/// when cargo is at hand (`cargo test -p hoser-distill` alone does not build another package's
-/// binaries, and a stale one would compare against old code).
+/// The hoser-vanilla binary of this target directory. Cargo builds it when hoser-vanilla's tests
+/// are part of the same `cargo test` (`--workspace`, as `cargo xtask ci` runs, or `cargo xtask ci
+/// --stage hoser-distill`, which tests `-p hoser-vanilla` too). It is not built from here: a
+/// nested `cargo build -p hoser-vanilla` resolves burn's features for another package selection and
+/// rebuilds the whole stack in the shared target directory.
 fn vanilla_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let distill = PathBuf::from(env!("CARGO_BIN_EXE_hoser-distill"));
-        let profile_dir = distill.parent().unwrap();
-        let path = profile_dir.join(format!("hoser-vanilla{}", std::env::consts::EXE_SUFFIX));
-        let target_dir = profile_dir.parent().unwrap();
-        let profile = profile_dir.file_name().unwrap().to_string_lossy().into_owned();
-        let cargo = std::env::var_os("CARGO");
-        let mut built = None;
-        if let Some(cargo) = cargo {
-            let mut c = Command::new(cargo);
-            c.current_dir(root()).args(["build", "-p", "hoser-vanilla", "--bin", "hoser-vanilla", "--target-dir"]);
-            c.arg(target_dir);
-            match profile.as_str() {
-                "debug" => {}
-                "release" => {
-                    c.arg("--release");
-                }
-                other => {
-                    c.args(["--profile", other]);
-                }
-            }
-            built = Some(c.output().map(|o| (o.status.success(), stderr(&o))));
-        }
-        match built {
-            Some(Ok((true, _))) | None if path.is_file() => path,
-            Some(Ok((false, err))) => panic!("building hoser-vanilla into {} failed: {err}", target_dir.display()),
-            Some(Err(e)) => panic!("could not run cargo to build hoser-vanilla: {e}"),
-            _ => panic!(
-                "{} is missing: build it first (`cargo build -p hoser-vanilla` with this target directory)",
-                path.display()
-            ),
-        }
+        let path = distill.with_file_name(format!("hoser-vanilla{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            path.is_file(),
+            "{} is missing: run these tests together with hoser-vanilla's (`cargo test -p hoser-distill -p \
+             hoser-vanilla`), which builds it",
+            path.display()
+        );
+        path
     })
 }
 
