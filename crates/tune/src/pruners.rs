@@ -809,4 +809,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn n_min_trials_counts_nan_values_like_optuna() {
+        // Optuna 5.0.0: complete trials reported NaN and 1.0 at step 0, n_min_trials = 2; a
+        // trial reporting 2.0 is pruned (the count is taken before nanpercentile drops NaN).
+        let mut study = StudyView::new("nan", Direction::Minimize);
+        for v in [f64::NAN, 1.0] {
+            let t = study.ask();
+            study.report(t, 0, v).unwrap();
+            study.finish(t, TrialState::Complete).unwrap();
+        }
+        let mut pruner = PercentilePruner::new(50.0, 0, 0, 1, 2).unwrap();
+        let t = study.ask();
+        study.report(t, 0, 2.0).unwrap();
+        assert!(pruner.prune(&mut study, t).unwrap());
+    }
+
+    #[test]
+    fn hyperband_auto_below_min_resource_never_prunes_like_optuna() {
+        // Optuna 5.0.0: min_resource 5, the first complete trial has 3 steps, so R = 3,
+        // floor(log_3(3 / 5)) + 1 = 0 brackets and no trial is ever pruned.
+        let mut study = StudyView::new("short", Direction::Minimize);
+        let mut pruner = HyperbandPruner::new(5, Resource::Auto, 3, 0).unwrap();
+        let t = study.ask();
+        for step in 0..3 {
+            study.report(t, step, 1.0).unwrap();
+            assert!(!pruner.prune(&mut study, t).unwrap());
+        }
+        study.finish(t, TrialState::Complete).unwrap();
+        for i in 0..4 {
+            let t = study.ask();
+            for step in 0..10 {
+                study.report(t, step, 10.0 + f64::from(i)).unwrap();
+                assert!(!pruner.prune(&mut study, t).unwrap());
+            }
+            study.finish(t, TrialState::Complete).unwrap();
+        }
+        assert_eq!(pruner.n_brackets(), Some(0));
+    }
 }
