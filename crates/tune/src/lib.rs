@@ -13,8 +13,10 @@
 //! The decisions are checked against real Optuna 5.0.0 (`tests/optuna_parity.rs`, vectors
 //! made by `scripts/optuna_pruner_vectors.py`).
 
+pub mod journal;
 pub mod pruners;
 
+pub use journal::{Journal, JournalError, Record, Started, Study, TornTail, Trial, TrialLease};
 pub use pruners::{
     Direction, HyperbandPruner, MaxResource, MedianPruner, MinResource, NopPruner, ParameterError, PercentilePruner,
     PruneError, Pruner, PrunerSpec, Resource, StudyView, SuccessiveHalvingPruner, TrialRecord, TrialState,
