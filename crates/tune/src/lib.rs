@@ -15,9 +15,13 @@
 
 pub mod journal;
 pub mod pruners;
+pub mod samplers;
+pub mod space;
 
 pub use journal::{Journal, JournalError, Record, Started, Study, TornTail, Trial, TrialLease};
 pub use pruners::{
     Direction, HyperbandPruner, MaxResource, MedianPruner, MinResource, NopPruner, ParameterError, PercentilePruner,
     PruneError, Pruner, PrunerSpec, Resource, StudyView, SuccessiveHalvingPruner, TrialRecord, TrialState,
 };
+pub use samplers::{GridSampler, History, Params, RandomSampler, SampleError, Sampler, TrialSummary};
+pub use space::{Distribution, ParamValue, Problem, ProblemKind, SearchSpace, SpaceError, ValueError};
