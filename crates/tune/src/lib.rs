@@ -1,17 +1,21 @@
-//! Hyper-parameter search building blocks, with no I/O and no tensor library.
+//! Hyper-parameter search building blocks (no tensor library): what the `tune` subcommand of
+//! every stage will be built from.
 //!
-//! The first piece is [`pruners`]: Optuna 5's `MedianPruner`, `PercentilePruner`,
-//! `SuccessiveHalvingPruner`, `HyperbandPruner` and `NopPruner`, rule for rule, over a plain
-//! record of the study ([`StudyView`], [`TrialRecord`]). A driver (the future `tune`
-//! subcommand) keeps the study, appends a trial's intermediate values as they are reported,
-//! asks [`Pruner::prune`] after each report and marks the trial finished. Everything a pruner
-//! remembers about a trial lives in its [`TrialRecord`] (Successive Halving's completed rungs,
-//! Optuna's `completed_rung_{k}` system attributes), so a study rebuilt from a journal of
-//! reports and decisions gives the same answers; see [`pruners`] for the one piece of state a
-//! pruner itself caches (the "auto" resources).
-//!
-//! The decisions are checked against real Optuna 5.0.0 (`tests/optuna_parity.rs`, vectors
-//! made by `scripts/optuna_pruner_vectors.py`).
+//! - [`pruners`]: Optuna 5's `MedianPruner`, `PercentilePruner`, `SuccessiveHalvingPruner`,
+//!   `HyperbandPruner` and `NopPruner`, rule for rule, over a plain record of the study
+//!   ([`StudyView`], [`TrialRecord`]). Everything a pruner remembers about a trial lives in its
+//!   [`TrialRecord`] (Successive Halving's completed rungs, Optuna's `completed_rung_{k}` system
+//!   attributes), so a study rebuilt from the journal gives the same answers; see [`pruners`] for
+//!   the one piece of state a pruner itself caches (the "auto" resources). The decisions are
+//!   checked against real Optuna 5.0.0 (`tests/optuna_parity.rs`, vectors made by
+//!   `scripts/optuna_pruner_vectors.py`).
+//! - [`space`]: search-space files (`key: {float|int|categorical: …}`), every problem reported
+//!   at once by file and key, and the values as `--set` overrides.
+//! - [`samplers`]: random and grid sampling, each trial's parameters a pure function of (seed,
+//!   trial number), so a resumed study suggests what an uninterrupted one would.
+//! - [`journal`]: the study's append-only `journal.jsonl` (one fsynced record per event, an
+//!   exclusive lock for appends and trial numbers, a torn last line repaired, per-trial leases
+//!   telling an interrupted trial from a live one) — the only part that does I/O.
 
 pub mod journal;
 pub mod pruners;
