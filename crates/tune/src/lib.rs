@@ -21,6 +21,7 @@ pub mod journal;
 pub mod pruners;
 pub mod samplers;
 pub mod space;
+pub mod tpe;
 
 pub use journal::{Journal, JournalError, Record, Started, Study, TornTail, Trial, TrialLease};
 pub use pruners::{
@@ -29,3 +30,4 @@ pub use pruners::{
 };
 pub use samplers::{GridSampler, History, Params, RandomSampler, SampleError, Sampler, TrialSummary};
 pub use space::{Distribution, ParamValue, Problem, ProblemKind, SearchSpace, SpaceError, ValueError};
+pub use tpe::TpeSampler;
