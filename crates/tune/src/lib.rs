@@ -16,16 +16,22 @@
 //! - [`tpe`]: Optuna's univariate TPE sampler with its defaults (startup trials drawn by
 //!   [`RandomSampler`], Parzen estimators checked against Optuna's to 1e-9); not multivariate, no
 //!   constant liar.
+//! - [`cmaes`]: Optuna's `CmaEsSampler` with its defaults for a sequential study (one random
+//!   startup trial, the `cmaes` package's CMA-ES over the numeric parameters mapped to `[0, 1]`,
+//!   categorical parameters drawn by [`RandomSampler`]), replaying the history on every call so
+//!   a resumed study suggests the same values.
 //! - [`journal`]: the study's append-only `journal.jsonl` (one fsynced record per event, an
 //!   exclusive lock for appends and trial numbers, a torn last line repaired, per-trial leases
 //!   telling an interrupted trial from a live one) — the only part that does I/O.
 
+pub mod cmaes;
 pub mod journal;
 pub mod pruners;
 pub mod samplers;
 pub mod space;
 pub mod tpe;
 
+pub use cmaes::CmaEsSampler;
 pub use journal::{Journal, JournalError, Record, Started, Study, TornTail, Trial, TrialLease};
 pub use pruners::{
     Direction, HyperbandPruner, MaxResource, MedianPruner, MinResource, NopPruner, ParameterError, PercentilePruner,
