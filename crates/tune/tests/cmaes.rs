@@ -2,9 +2,12 @@
 //! seed and the history, always inside the space, categorical parameters drawn as the random
 //! sampler draws them, and robust to degenerate histories.
 
+mod support;
+
+use support::*;
 use tune::{
-    CmaEsSampler, Direction, Distribution, History, ParamValue, Params, RandomSampler, Sampler, SearchSpace,
-    TrialState, TrialSummary,
+    CmaEsSampler, Direction, Distribution, History, ParamValue, Params, RandomSampler, Sampler, TrialState,
+    TrialSummary,
 };
 
 const SPHERE: &str = "
@@ -13,44 +16,9 @@ y: {float: [-5.0, 5.0]}
 z: {float: [-5.0, 5.0]}
 ";
 
-fn space(text: &str) -> SearchSpace {
-    SearchSpace::from_yaml_str(text, "test").unwrap()
-}
-
-fn num(p: &Params, k: &str) -> f64 {
-    match &p[k] {
-        ParamValue::Float(v) => *v,
-        ParamValue::Int(v) => *v as f64,
-        other => panic!("{k}: {other:?}"),
-    }
-}
-
 /// A sphere with its minimum 0 at (1.5, -2, 0.7).
 fn sphere(p: &Params) -> f64 {
     (num(p, "x") - 1.5).powi(2) + (num(p, "y") + 2.0).powi(2) + (num(p, "z") - 0.7).powi(2)
-}
-
-fn complete(number: u64, params: Params, value: f64) -> TrialSummary {
-    TrialSummary { number, state: TrialState::Complete, params, value: Some(value) }
-}
-
-fn run(sampler: &mut dyn Sampler, space: &SearchSpace, n: u64, f: impl Fn(&Params) -> f64) -> Vec<TrialSummary> {
-    let mut trials = Vec::new();
-    for t in 0..n {
-        let params = sampler.sample(space, t, &History::new(Direction::Minimize, &trials)).unwrap();
-        let value = f(&params);
-        trials.push(complete(t, params, value));
-    }
-    trials
-}
-
-fn best(trials: &[TrialSummary]) -> f64 {
-    trials.iter().filter_map(|t| t.value).fold(f64::INFINITY, f64::min)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! The TPE sampler: better than random search on a fixed test function, reproducible,
 //! random for the startup trials, always inside the space, and robust to degenerate histories.
 
-use tune::{
-    Direction, History, ParamValue, Params, RandomSampler, Sampler, SearchSpace, TpeSampler, TrialState, TrialSummary,
-};
+mod support;
+
+use support::*;
+use tune::{Direction, History, ParamValue, Params, RandomSampler, Sampler, TpeSampler, TrialState, TrialSummary};
 
 const SPACE: &str = "
 x: {float: [-5.0, 5.0]}
@@ -12,49 +13,13 @@ lr: {float: [1.0e-5, 1.0e-1], log: true}
 opt: {categorical: [sgd, adam, rmsprop]}
 ";
 
-fn space(text: &str) -> SearchSpace {
-    SearchSpace::from_yaml_str(text, "test").unwrap()
-}
-
-fn float(p: &Params, k: &str) -> f64 {
-    match &p[k] {
-        ParamValue::Float(v) => *v,
-        ParamValue::Int(v) => *v as f64,
-        other => panic!("{k}: {other:?}"),
-    }
-}
-
 /// A shifted quadratic with its minimum 0 at x = 1.5, y = -2, lr = 1e-3, opt = adam.
 fn objective(p: &Params) -> f64 {
     let cat = match &p["opt"] {
         ParamValue::Categorical { index, .. } => [3.0, 0.0, 1.5][*index],
         other => panic!("opt: {other:?}"),
     };
-    (float(p, "x") - 1.5).powi(2) + (float(p, "y") + 2.0).powi(2) + (float(p, "lr").log10() + 3.0).powi(2) + cat
-}
-
-fn complete(number: u64, params: Params, value: f64) -> TrialSummary {
-    TrialSummary { number, state: TrialState::Complete, params, value: Some(value) }
-}
-
-/// Runs `n` trials sequentially; returns the history.
-fn run(sampler: &mut dyn Sampler, space: &SearchSpace, n: u64, f: impl Fn(&Params) -> f64) -> Vec<TrialSummary> {
-    let mut trials = Vec::new();
-    for t in 0..n {
-        let params = sampler.sample(space, t, &History::new(Direction::Minimize, &trials)).unwrap();
-        let value = f(&params);
-        trials.push(complete(t, params, value));
-    }
-    trials
-}
-
-fn best(trials: &[TrialSummary]) -> f64 {
-    trials.iter().filter_map(|t| t.value).fold(f64::INFINITY, f64::min)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    (num(p, "x") - 1.5).powi(2) + (num(p, "y") + 2.0).powi(2) + (num(p, "lr").log10() + 3.0).powi(2) + cat
 }
 
 #[test]
@@ -138,12 +103,12 @@ g: {int: [0, 3]}
             ParamValue::Categorical { index, .. } => *index as f64,
             _ => unreachable!(),
         };
-        (float(p, "a") - 2.0).abs()
-            + (float(p, "b") + 3.0).abs()
-            + (1000.0 - float(p, "c")) / 100.0
-            + float(p, "d")
+        (num(p, "a") - 2.0).abs()
+            + (num(p, "b") + 3.0).abs()
+            + (1000.0 - num(p, "c")) / 100.0
+            + num(p, "d")
             + e
-            + (3.0 - float(p, "g"))
+            + (3.0 - num(p, "g"))
     };
     let trials = run(&mut TpeSampler::new(5), &space, 150, f);
     for t in &trials {
@@ -155,7 +120,7 @@ g: {int: [0, 3]}
     // The model found the corners: the best value is far below random search's.
     let random = best(&run(&mut RandomSampler::new(5), &space, 150, f));
     assert!(best(&trials) < random, "tpe {} random {random}", best(&trials));
-    let late: Vec<_> = trials[100..].iter().map(|t| float(&t.params, "b")).collect();
+    let late: Vec<_> = trials[100..].iter().map(|t| num(&t.params, "b")).collect();
     assert!(late.iter().filter(|&&b| b == -3.0).count() > 25, "b late: {late:?}");
 }
 
