@@ -49,11 +49,12 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::plotting::{FONT_FAMILY, PngError, register_font, write_rgb_png};
 
 /// How the learning rate moves from `min_lr` to `max_lr` over the sweep.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -577,32 +578,11 @@ impl LrFinder {
             root.present().map_err(|e| draw_err(&e))?;
         }
 
-        let io_err = |source: io::Error| FinderError::Io { path: path.to_path_buf(), source };
-        let enc_err = |source: png::EncodingError| match source {
-            png::EncodingError::IoError(source) => io_err(source),
-            source => FinderError::Encode { path: path.to_path_buf(), source },
-        };
-        let file = BufWriter::new(File::create(path).map_err(io_err)?);
-        let mut encoder = png::Encoder::new(file, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(enc_err)?;
-        writer.write_image_data(&buffer).map_err(enc_err)?;
-        writer.finish().map_err(enc_err)
+        write_rgb_png(path, width, height, &buffer).map_err(|e| match e {
+            PngError::Io(source) => FinderError::Io { path: path.to_path_buf(), source },
+            PngError::Encode(source) => FinderError::Encode { path: path.to_path_buf(), source },
+        })
     }
-}
-
-/// Font family name under which the embedded font is registered with plotters.
-const FONT_FAMILY: &str = "sans-serif";
-
-/// DejaVu Sans (Bitstream Vera / Arev licence, see `assets/LICENSE-DejaVu.txt`), embedded so that
-/// plotting never depends on the fonts installed on the machine.
-static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-/// Registers the embedded font with plotters once per process; returns whether it succeeded.
-fn register_font() -> bool {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok())
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {

@@ -7,6 +7,7 @@
 //!   cycles) for a schedule index; only ReduceLROnPlateau has state, fed by
 //!   [`Scheduler::observe`] and saved with [`Scheduler::state`].
 //! - [`finder`] is the LR range test's sweep, smoothing, suggestion, CSV and plot.
+//! - [`plotting`] is the embedded font and the PNG writing every plot of the workspace shares.
 //!
 //! Values match PyTorch's `torch.optim.lr_scheduler` classes; the tests compare against
 //! vectors generated with PyTorch (`scripts/scheduler_vectors.py`).
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod finder;
 pub mod plateau;
+pub mod plotting;
 pub mod schedule;
 pub mod spec;
 

@@ -22,11 +22,15 @@
 //!   a resumed study suggests the same values.
 //! - [`journal`]: the study's append-only `journal.jsonl` (one fsynced record per event, an
 //!   exclusive lock for appends and trial numbers, a torn last line repaired, per-trial leases
-//!   telling an interrupted trial from a live one) — the only part that does I/O.
+//!   telling an interrupted trial from a live one).
+//! - [`report`]: a study's results from its replayed journal: `summary.csv` (written atomically),
+//!   the best trial and its parameters as a nested YAML configuration, a console table, and PNG
+//!   plots of the optimisation history and the intermediate values.
 
 pub mod cmaes;
 pub mod journal;
 pub mod pruners;
+pub mod report;
 pub mod samplers;
 pub mod space;
 pub mod tpe;
@@ -36,6 +40,10 @@ pub use journal::{Journal, JournalError, Record, Started, Study, TornTail, Trial
 pub use pruners::{
     Direction, HyperbandPruner, MaxResource, MedianPruner, MinResource, NopPruner, ParameterError, PercentilePruner,
     PruneError, Pruner, PrunerSpec, Resource, StudyView, SuccessiveHalvingPruner, TrialRecord, TrialState,
+};
+pub use report::{
+    ParamsYamlError, PlotError, ResourceUnit, best_params_yaml, best_trial, plot_history, plot_intermediate,
+    summary_csv, table, write_summary_csv,
 };
 pub use samplers::{GridSampler, History, Params, RandomSampler, SampleError, Sampler, TrialSummary};
 pub use space::{Distribution, ParamValue, Problem, ProblemKind, SearchSpace, SpaceError, ValueError};
