@@ -253,7 +253,8 @@ pub struct Trial {
     pub value: Option<f64>,
     /// The step after which it was pruned, once `Pruned`.
     pub pruned_at: Option<u64>,
-    /// The reason of the last failure (kept when a retry starts, until it ends).
+    /// The reason of the last failure (kept when a retry starts, cleared when the retry
+    /// completes or is pruned).
     pub fail_reason: Option<String>,
 }
 
@@ -393,11 +394,13 @@ impl Study {
                 let t = &mut self.trials[*number as usize];
                 t.state = TrialState::Pruned;
                 t.pruned_at = Some(*step);
+                t.fail_reason = None;
             }
             Record::Completed { number, value } => {
                 let t = &mut self.trials[*number as usize];
                 t.state = TrialState::Complete;
                 t.value = Some(*value);
+                t.fail_reason = None;
             }
             Record::Failed { number, reason } => {
                 let t = &mut self.trials[*number as usize];
@@ -537,6 +540,45 @@ impl Journal {
             })?;
             journal.append_locked(&Record::TrialStarted { number, params, attempt: 0 })?;
             Ok(Started { number, attempt: 0, lease })
+        })
+    }
+
+    /// [`Journal::start_trial`] with the parameters chosen under the lock, once the number is
+    /// known: `choose(number, study)` sees the study as it is at allocation (so a sampler's
+    /// history and trial number agree even with several processes on one study) and returns
+    /// the parameters, `None` to start no trial (e.g. the study already has enough), or its own
+    /// error. Nothing is written unless it returns parameters.
+    pub fn start_trial_with<E>(
+        &mut self,
+        choose: impl FnOnce(u64, &Study) -> std::result::Result<Option<Map<String, Value>>, E>,
+    ) -> Result<std::result::Result<Option<Started>, E>> {
+        self.locked(true, |journal| {
+            let study = journal.study_or_err()?;
+            let number = study.trials.len() as u64;
+            let params = match choose(number, study) {
+                Ok(Some(params)) => params,
+                Ok(None) => return Ok(Ok(None)),
+                Err(e) => return Ok(Err(e)),
+            };
+            let lease = journal.take_lease(number)?.ok_or_else(|| {
+                journal.refused(format!("the lease of new trial {number} is held (a stale process?)"))
+            })?;
+            journal.append_locked(&Record::TrialStarted { number, params, attempt: 0 })?;
+            Ok(Ok(Some(Started { number, attempt: 0, lease })))
+        })
+    }
+
+    /// Runs `f` on the study as it is under the exclusive lock and appends the records it
+    /// returns, in order, each checked as [`Journal::append`] checks it (the first refused one
+    /// is an error; the ones before it stay written). What a decision needs to be atomic with
+    /// (report a value, ask the pruner, record its rungs and verdict) goes in one call.
+    pub fn transact<T>(&mut self, f: impl FnOnce(&Study) -> (Vec<Record>, T)) -> Result<T> {
+        self.locked(true, |journal| {
+            let (records, value) = f(journal.study_or_err()?);
+            for record in &records {
+                journal.append_locked(record)?;
+            }
+            Ok(value)
         })
     }
 

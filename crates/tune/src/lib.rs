@@ -20,6 +20,8 @@
 //!   startup trial, the `cmaes` package's CMA-ES over the numeric parameters mapped to `[0, 1]`,
 //!   categorical parameters drawn by [`RandomSampler`]), replaying the history on every call so
 //!   a resumed study suggests the same values.
+//! - [`study_file`]: the file `tune --space` reads: a space, or a space with the study's
+//!   settings (sampler, seed, pruner, objective, trial count).
 //! - [`journal`]: the study's append-only `journal.jsonl` (one fsynced record per event, an
 //!   exclusive lock for appends and trial numbers, a torn last line repaired, per-trial leases
 //!   telling an interrupted trial from a live one).
@@ -33,6 +35,7 @@ pub mod pruners;
 pub mod report;
 pub mod samplers;
 pub mod space;
+pub mod study_file;
 pub mod tpe;
 
 pub use cmaes::CmaEsSampler;
@@ -47,4 +50,5 @@ pub use report::{
 };
 pub use samplers::{GridSampler, History, Params, RandomSampler, SampleError, Sampler, TrialSummary};
 pub use space::{Distribution, ParamValue, Problem, ProblemKind, SearchSpace, SpaceError, ValueError};
+pub use study_file::{SamplerKind, StudyFile, StudySettings};
 pub use tpe::TpeSampler;

@@ -318,11 +318,21 @@ impl SearchSpace {
 
     /// Parses and validates space-file text; `file` names it in errors and warnings.
     pub fn from_yaml_str(text: &str, file: &str) -> Result<Self, SpaceError> {
-        let fail = |problems| SpaceError { file: file.to_string(), problems };
         let entries = match serde_yaml::from_str::<Entries>(text) {
             Ok(entries) => entries.0,
-            Err(e) => return Err(fail(vec![Problem::new("", ProblemKind::Yaml(e.to_string()))])),
+            Err(e) => {
+                return Err(SpaceError {
+                    file: file.to_string(),
+                    problems: vec![Problem::new("", ProblemKind::Yaml(e.to_string()))],
+                });
+            }
         };
+        Self::from_entries(entries, file)
+    }
+
+    /// The space of a mapping's entries (in file order, duplicates kept so they are reported).
+    pub(crate) fn from_entries(entries: Vec<(Value, Value)>, file: &str) -> Result<Self, SpaceError> {
+        let fail = |problems| SpaceError { file: file.to_string(), problems };
         let mut problems = Vec::new();
         let mut parsed = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -462,7 +472,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(key: &str, kind: ProblemKind) -> Self {
+    pub(crate) fn new(key: &str, kind: ProblemKind) -> Self {
         Problem { key: key.to_string(), kind }
     }
 }
@@ -482,6 +492,8 @@ pub enum ProblemKind {
     Yaml(String),
     #[error("the space has no parameters")]
     Empty,
+    #[error("{0}")]
+    Study(String),
     #[error("not a dotted configuration key (a non-empty string like `a.b.c`, no spaces or `=`)")]
     BadKey,
     #[error("key given more than once")]
@@ -527,7 +539,7 @@ fn valid_key(key: &str) -> bool {
 }
 
 /// The top-level mapping, entries in file order, duplicates kept (so they can be reported).
-struct Entries(Vec<(Value, Value)>);
+pub(crate) struct Entries(pub(crate) Vec<(Value, Value)>);
 
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
