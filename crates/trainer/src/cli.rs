@@ -18,8 +18,10 @@ use crate::backend::{BackendError, BackendRun, DeviceSpec, compiled_backends, ru
 use crate::config::{self, ConfigErrors, ConfigProblem, ConfigSources, RunConfig, Validate};
 use crate::interrupt::Interrupts;
 use crate::lr_find::{LrFindOptions, LrFindOutcome};
+use crate::policy::StopPolicy;
 use crate::task::Task;
 use crate::train::{LoopState, RunSummary, StopReason, TrainError, Trainer};
+use crate::tune_cli::{TrialArgs, TuneArgs};
 
 /// The full config type of stage `S`.
 pub type StageConfig<S> = RunConfig<<S as Stage>::Model, <S as Stage>::Data, <S as Stage>::Loss>;
@@ -103,9 +105,23 @@ pub fn train<S: Stage, B: AutodiffBackend>(
     device: &B::Device,
     interrupts: Interrupts,
 ) -> Result<(StopReason, LoopState), TrainError> {
+    train_with::<S, B>(config, device, interrupts, None::<crate::early_stopping::EarlyStopping>)
+}
+
+/// [`train`] with one more stop policy (e.g. the study reporter of a `tune` trial).
+pub fn train_with<S: Stage, B: AutodiffBackend>(
+    config: &StageConfig<S>,
+    device: &B::Device,
+    interrupts: Interrupts,
+    policy: Option<impl StopPolicy>,
+) -> Result<(StopReason, LoopState), TrainError> {
     let task = S::task::<B>(config, device)?;
     S::before_training::<B>(config, &task);
-    let summary = Trainer::new(config.loop_config()).interrupts(interrupts).run::<B, _>(&task, device)?;
+    let mut trainer = Trainer::new(config.loop_config()).interrupts(interrupts);
+    if let Some(policy) = policy {
+        trainer = trainer.policy(policy);
+    }
+    let summary = trainer.run::<B, _>(&task, device)?;
     Ok(S::after_training::<B>(config, summary))
 }
 
@@ -398,6 +414,12 @@ enum Command<A: Args, X: Subcommand> {
     /// LR range test: sweep the learning rate over a short run on a copy of the model, write
     /// lr_find.csv and lr_find.png to the output directory, and suggest a learning rate.
     LrFind(LrFindCli<A>),
+    /// Hyper-parameter search: trials are this stage's normal runs with sampled values, pruned
+    /// by their validations, in a crash-safe study directory that a re-run resumes.
+    Tune(TuneCli<A>),
+    /// One trial of a study (started by `tune`).
+    #[command(hide = true)]
+    TuneTrial(TrialArgs),
     /// The stage's own subcommands (listed next to `lr-find`).
     #[command(flatten)]
     Extra(X),
@@ -440,6 +462,16 @@ struct LrFindCli<A: Args> {
     stage: A,
     #[command(flatten)]
     finder: LrFindArgs,
+}
+
+#[derive(Debug, Args)]
+struct TuneCli<A: Args> {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    stage: A,
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 /// Flags of `lr-find` (seed `lr_finder_tool.py` names).
@@ -591,6 +623,8 @@ pub fn main_with<S: Stage, X: Subcommand>(extra: impl FnOnce(X) -> ExitCode) -> 
     let cli = Cli::<S::Args, X>::parse();
     match cli.command {
         Some(Command::LrFind(c)) => lr_find_main::<S>(&c),
+        Some(Command::Tune(c)) => crate::tune_cli::tune_main::<S>(&c.common, &c.stage, &c.tune),
+        Some(Command::TuneTrial(t)) => crate::tune_cli::trial_main::<S>(&t),
         Some(Command::Extra(x)) => extra(x),
         None => run_stage::<S>(&cli.common, &cli.stage),
     }

@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod tensorboard;
 pub mod toy;
 pub mod train;
+pub mod tune_cli;
 
 pub use config::RunConfig;
 pub use task::{Metrics, Mode, Selection, StepOutput, Task, TaskError, TaskResult};

@@ -304,7 +304,7 @@ pub(crate) fn now_unix() -> f64 {
 /// The metric that selects the best model: the task's, unless `checkpoint.monitor` names
 /// another (then `checkpoint.mode` must say its direction — guessing "min" for an accuracy
 /// silently keeps the worst checkpoints).
-fn selection(task: Selection, checkpoint: &RetentionConfig) -> Result<Selection, TrainError> {
+pub fn run_selection(task: Selection, checkpoint: &RetentionConfig) -> Result<Selection, TrainError> {
     match (&checkpoint.monitor, checkpoint.mode) {
         (None, None) => Ok(task),
         (None, Some(mode)) => Ok(Selection { mode, ..task }),
@@ -368,7 +368,7 @@ impl Plan {
             (None, Some(e)) => e * steps_per_epoch,
             (None, None) => unreachable!("validated: one budget is set"),
         };
-        let selection = selection(task.selection(), cfg.checkpoint)?;
+        let selection = run_selection(task.selection(), cfg.checkpoint)?;
         let spec = &cfg.optimizer.scheduler;
         let run_length = match spec.interval {
             Interval::Step => total_steps,
