@@ -2,7 +2,8 @@
 //!
 //! - `ci [--stage NAME]`: format check, clippy with warnings denied, tests, smoke runs.
 //! - `smoke [--stage NAME]`: overfit one batch per stage on the CPU and check the loss drop.
-//! - `demo [--stage NAME]`: train each stage on its demo config and print its validation metrics.
+//! - `demo [--stage NAME]`: train each stage on its demo config and print its validation metrics;
+//!   `--stage tune` runs hoser-distill's reference hyper-parameter study on the bundled data.
 //! - `check-backends`: build the binaries with the `wgpu` and `cuda` features (own target dir).
 //! - `bench [FILTER]`: criterion benchmarks of training steps.
 //! - `tile -- ARGS`: build `trainyard-tile` in release and run it with ARGS (scenes or
@@ -255,7 +256,7 @@ enum Cmd {
     /// Train each stage on its demo config (CPU, minutes) into runs/demo/<stage> and print the
     /// final and best validation metrics: the figures README quotes.
     Demo {
-        /// Only this stage.
+        /// Only this stage (`tune`: hoser-distill's reference hyper-parameter study, a few minutes).
         #[arg(long)]
         stage: Option<String>,
     },
@@ -446,8 +447,55 @@ fn synthetic_tiles(name: &str, args: &[&str]) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The study `cargo xtask demo --stage tune` runs: hoser-distill's reference search
+/// (`configs/hoser/tune_distill.yaml`: CMA-ES, Hyperband(5, epochs, 3), 12 trials) over the
+/// Helsinki trips with the reference tuner's 8 epochs per trial.
+const TUNE_DEMO_EPOCHS: &str = "8";
+
+/// `demo --stage tune`: the demo teacher, then the study in `runs/demo/tune` (cleared first).
+fn tune_demo() -> Result<()> {
+    build_stage_binaries(Some("hoser-distill"))?;
+    let distill = stages(Some("hoser-distill"))?[0];
+    let teacher = distill_inputs(Run::Demo, None)?;
+    let study = root().join("runs").join("demo").join("tune");
+    if study.exists() {
+        std::fs::remove_dir_all(&study).with_context(|| format!("clearing {}", study.display()))?;
+    }
+    let mut cmd = Command::new(target_dir().join("debug").join(distill.bin));
+    cmd.current_dir(root())
+        .args(["tune", "--config", distill.demo_config.context("hoser-distill has a demo config")?])
+        .args(["--epochs", TUNE_DEMO_EPOCHS, "--space", "configs/hoser/tune_distill.yaml", "--study"])
+        .arg(&study)
+        .args(teacher);
+    let start = Instant::now();
+    run(cmd, "demo tune")?;
+    let journal = study.join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).with_context(|| format!("reading {}", journal.display()))?;
+    let events: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    let best = events
+        .iter()
+        .filter(|e| e["event"] == "completed")
+        .filter_map(|e| e["value"].as_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    eprintln!(
+        "xtask: demo tune: {} trials ({} complete, {} pruned, {} failed), best val_next_step_acc {best:.4}, {:.0} s; \
+         results in {}",
+        count("trial_started"),
+        count("completed"),
+        count("pruned"),
+        count("failed"),
+        start.elapsed().as_secs_f64(),
+        study.display()
+    );
+    Ok(())
+}
+
 /// Trains every stage that has a demo config and prints its validation metrics.
 fn demo(stage: Option<&str>) -> Result<()> {
+    if stage == Some("tune") {
+        return tune_demo();
+    }
     build_stage_binaries(stage)?;
     for s in stages(stage)? {
         let Some(config) = s.demo_config else {

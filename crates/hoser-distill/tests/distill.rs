@@ -637,3 +637,56 @@ fn careless_teachers_and_distillation_settings_are_one_clear_error() {
     assert!(err.contains("distill.window: 1025 tokens of history") && err.contains("at most 1024"), "{err}");
     no_training(&out);
 }
+
+/// `hoser-distill tune` with the reference search space (`configs/hoser/tune_distill.yaml`, its
+/// `distill.*` keys being aliases of `loss.distill.*`): every trial is a distilled run with the
+/// sampled λ, τ and window, seed 42 + trial number, in the study's `complete/` directory.
+#[test]
+fn tune_trials_are_distilled_runs_with_the_sampled_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("study");
+    let mut c = bin();
+    c.args(["tune", "--config", "configs/hoser/helsinki_test.yaml", "--epochs", "1"])
+        .args(["--space", "configs/hoser/tune_distill.yaml", "--n-trials", "2", "--pruner", "none", "--study"])
+        .arg(&study)
+        .args(SMALL)
+        .arg("--teacher")
+        .arg(teacher());
+    run(c);
+    let journal = std::fs::read_to_string(study.join("journal.jsonl")).unwrap();
+    let started: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "trial_started")
+        .collect();
+    assert_eq!(started.len(), 2);
+    for t in &started {
+        let n = t["number"].as_u64().unwrap();
+        let dir = study.join("complete").join(format!("trial_{n:03}"));
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
+        assert_eq!(config["seed"].as_u64(), Some(42 + n));
+        let distill = &config["loss"]["distill"];
+        let params = &t["params"];
+        assert_eq!(distill["lambda"].as_f64().unwrap().to_bits(), params["distill.lambda"].as_f64().unwrap().to_bits());
+        assert_eq!(
+            distill["temperature"].as_f64().unwrap().to_bits(),
+            params["distill.temperature"].as_f64().unwrap().to_bits()
+        );
+        assert_eq!(distill["window"].as_u64(), params["distill.window"].as_u64());
+        let accuracies: Vec<f64> = of_kind(&events(&dir), "validation")
+            .iter()
+            .map(|e| e["metrics"]["val_next_step_acc"].as_f64().unwrap())
+            .collect();
+        assert_eq!(accuracies.len(), 1, "one epoch, one validation");
+        let value = journal
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|e| e["event"] == "completed" && e["number"] == n)
+            .unwrap()["value"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(value, accuracies[0], "the objective is the run's validation accuracy");
+    }
+    assert_ne!(started[0]["params"], started[1]["params"]);
+}
