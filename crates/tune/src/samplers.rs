@@ -4,7 +4,8 @@
 //! direction and every earlier trial's parameters, state and objective value). The random and
 //! grid samplers here ignore the history; a model-based sampler (TPE, CMA-ES) reads the
 //! complete (and pruned) trials' parameters through [`Distribution::to_internal`] and their
-//! values through [`History::direction`].
+//! values through [`History::direction`] (TPE's constant liar also reads the running trials'
+//! parameters, and its ranking of pruned trials [`TrialSummary::last_step`]).
 //!
 //! # Random ([`RandomSampler`])
 //!
@@ -54,6 +55,10 @@ pub struct TrialSummary {
     /// The objective value of a complete trial (for a pruned one, its last intermediate
     /// value, which Optuna's TPE also uses); `None` otherwise.
     pub value: Option<f64>,
+    /// For a pruned trial, the step of its last intermediate value (Optuna's TPE ranks pruned
+    /// trials by how far they got before their value); `None` otherwise or when it reported
+    /// nothing.
+    pub last_step: Option<u64>,
 }
 
 /// The study so far.

@@ -1,57 +1,102 @@
-//! The Tree-structured Parzen Estimator sampler ([`TpeSampler`]): Optuna 5's univariate
-//! `TPESampler` (`multivariate=False`) with its default settings.
+//! The Tree-structured Parzen Estimator sampler ([`TpeSampler`]): Optuna 5's `TPESampler` for
+//! a single-objective study with its default settings, i.e. the multivariate TPE with the
+//! constant liar; the independent (univariate) TPE is kept behind `multivariate: false`.
+//!
+//! # Optuna 5.0.0's defaults
+//!
+//! `TPESampler()` takes `multivariate=None`, which `_is_multivariate` resolves to `True` for a
+//! single-objective study (every study here; `False` only for a multi-objective one), and
+//! `constant_liar=True`. [`TpeSampler::new`] sets both. The other defaults: 10 startup
+//! trials, 24 candidates, `prior_weight = 1.0`, `consider_magic_clip = true`,
+//! `consider_endpoints = false`, `default_gamma`, `default_weights`.
 //!
 //! # What it does (as Optuna)
 //!
 //! * Until `n_startup_trials` (10) trials are complete or pruned, every parameter is drawn by
 //!   [`RandomSampler::draw`] with the same seed, so the startup trials are exactly the random
-//!   sampler's (and a resumed study draws them again).
-//! * Afterwards the complete and pruned trials (`n` of them) are split: the best
-//!   `gamma(n) = min(ceil(0.1 n), 25)` form the "below" set, the rest the "above" set. Complete
-//!   trials are ranked by value in the study's direction first; pruned trials fill the remaining
-//!   places, ranked by their last intermediate value ([`TrialSummary::value`]; a NaN ranks last
-//!   among those with a value, a pruned trial without one after all of them).
-//! * Each parameter gets its own Parzen estimator over each set, built from the trials that
-//!   have the parameter (values through [`Distribution::to_internal`]): one truncated-normal
-//!   kernel per observation plus a prior kernel (centred, as wide as the range), weighted by
-//!   Optuna's `default_weights` (ones below 25 observations, a linear ramp from `1/n` on the
-//!   oldest beyond) with the prior's weight `prior_weight = 1.0`. Bandwidths are the larger
-//!   gap to a sorted neighbour (`consider_endpoints = false`: the outermost use their inner gap)
-//!   clipped to `[(high - low) / min(100, n + 2), high - low]` (`consider_magic_clip = true`).
-//!   A log parameter works in log space; a parameter with a step (every int) widens its
-//!   bounds by half a step, its kernels give each grid point the mass of its cell, and draws
-//!   are rounded to the grid (half to even, as numpy). A categorical's kernels are the
-//!   observed choice plus `prior_weight / (n + 1)` on every choice, normalised.
+//!   sampler's (and a resumed study draws them again). Running trials never count here.
+//! * The model reads the complete and pruned trials and, with `constant_liar`, the running
+//!   ones, but never the trial being sampled (a trial of the history with its number is left
+//!   out, as Optuna drops the current trial). Without `constant_liar` running trials are ignored.
+//! * The split: of the `n` complete and pruned trials (running ones are not counted), the best
+//!   `gamma(n) = min(ceil(0.1 n), 25)` form the "below" set, everything else the "above" set.
+//!   Complete trials are ranked by value in the study's direction first; pruned trials fill
+//!   the remaining places, ranked as Optuna's `_get_pruned_trial_score`: first by how far they
+//!   got (the step of the last intermediate value, [`TrialSummary::last_step`], the furthest
+//!   first), then by that value ([`TrialSummary::value`], in the study's direction; a NaN ranks
+//!   last among those of its step); a pruned trial that reported nothing comes after all that
+//!   did. A pruned trial with a value but no `last_step` is taken as having reached step 0.
+//! * The constant liar: every running trial goes to the "above" set. Optuna gives it no value
+//!   (nothing is "lied" beyond that): its parameters simply count among the bad ones, so the
+//!   next suggestions keep away from the configurations being evaluated right now.
+//! * A Parzen estimator is built over each set from the trials that have the parameters
+//!   (values through [`Distribution::to_internal`]; a value outside the space counts as
+//!   missing). Per parameter there is one truncated-normal kernel per observation plus a prior
+//!   kernel (centred, as wide as the range), weighted by Optuna's `default_weights` (ones below
+//!   25 observations, a linear ramp from `1/n` on the oldest beyond) with the prior's weight
+//!   `prior_weight = 1.0`. Bandwidths are the larger gap to a sorted neighbour
+//!   (`consider_endpoints = false`: the outermost use their inner gap) clipped to
+//!   `[(high - low) / min(100, n + 2), high - low]` (`consider_magic_clip = true`). A log
+//!   parameter works in log space; a parameter with a step (every int) widens its bounds by half
+//!   a step, its kernels give each grid point the mass of its cell, and draws are rounded to the
+//!   grid (half to even, as numpy). A categorical's kernels are the observed choice plus
+//!   `prior_weight / (n + 1)` on every choice, normalised (the prior kernel is uniform).
+//! * Multivariate (`multivariate = true`, the default): the joint parameters are those of the
+//!   space with more than one value that every complete and pruned trial has (Optuna's
+//!   `IntersectionSearchSpace(include_pruned=True)`). Each set gets one estimator over all of
+//!   them (Optuna's `_ParzenEstimator` with several parameters), built from the trials that
+//!   have every joint parameter: a mixture of product kernels, kernel `i` the product over the
+//!   parameters of the kernels of observation `i` above, the prior kernel the product of the
+//!   priors, with the weights above. Optuna 5 has no separate multivariate bandwidth: each
+//!   dimension keeps the neighbour-gap rule (the `multivariate` field of
+//!   `_ParzenEstimatorParameters` is unused, "for historical reasons"; 5.0.0 has no
+//!   Scott-like `0.2 n^(-1/(d+4)) (high - low)` rule). A candidate picks one kernel by weight and
+//!   draws every parameter from it; the score is `log l(x) - log g(x)` of the joint densities.
+//!   A parameter outside the joint set (one a finished trial lacks) is suggested by the
+//!   univariate TPE, as Optuna's `sample_independent` does.
+//! * Univariate (`multivariate = false`): each parameter gets its own pair of estimators and
+//!   its own candidates.
 //! * `n_ei_candidates` (24) candidates are drawn from the below mixture and the one with the
 //!   largest `log l(x) - log g(x)` is suggested (the first on ties).
 //!
 //! A parameter whose range holds one value gets it without sampling (Optuna does not call the
-//! sampler for such a distribution).
+//! sampler for such a distribution, nor puts it in the joint space).
 //!
 //! # Reproducibility
 //!
-//! Candidates come from a counter-based stream per `(seed, trial number, key)`, built as the
-//! random sampler's (splitmix64 over the seed, the number and an FNV-1a hash of the key) with
-//! its own domain constant. A suggestion is therefore a pure function of the seed, the trial
-//! number, the space and the history, so a resumed study suggests what an uninterrupted one
-//! would. The streams are not numpy's: the values differ from Optuna's for the same seed.
+//! Candidates come from a counter-based stream per `(seed, trial number, key)` (per `(seed,
+//! trial number)` for the joint draw), built as the random sampler's (splitmix64 over the
+//! seed, the number and an FNV-1a hash of the key) with its own domain constant. A suggestion
+//! is therefore a pure function of the seed, the trial number, the space and the history, so a
+//! resumed study suggests what an uninterrupted one would, given the same history (with the
+//! constant liar that includes which trials were running). The streams are not numpy's: the
+//! values differ from Optuna's for the same seed.
 //!
 //! # Not reproduced
 //!
-//! * Optuna 5's defaults `multivariate=True` (joint kernels over all parameters) and
-//!   `constant_liar=True` (running trials counted in the above set); `group`; multi-objective
-//!   and constrained TPE. This is the independent sampler: each key on its own.
-//! * The step of a pruned trial's last intermediate value: Optuna ranks pruned trials first by
-//!   how far they got, then by the value; a [`TrialSummary`] carries only the value.
+//! * `group` (the group-decomposed search space), multi-objective and constrained TPE.
+//! * Which of several equal observations of a parameter gets which neighbour gap as its
+//!   bandwidth: Optuna sorts with numpy's `argsort`, which does not keep equal values in order
+//!   (its SIMD sorts make the order depend on the CPU); here they stay in trial-number order.
+//!   In the univariate TPE this matters only where the weights ramp; in the joint estimator
+//!   it decides which kernel pairs the bandwidths with the other parameters' values. The
+//!   reference test compares bandwidths up to that order, then densities with Optuna's.
+//! * Optuna draws all candidates as one numpy batch (kernel indices first, then each
+//!   dimension); here each candidate draws its kernel, then its parameters in key order.
+//! * The relative parameters Optuna shares through a running trial's system attributes (so
+//!   other workers see them under the constant liar): here a running trial's parameters are in
+//!   its [`TrialSummary`] already.
 //! * A complete trial whose value is `None` or NaN is ignored, as if failed (Optuna marks a
 //!   NaN objective as failed); infinite values are ranked as Optuna ranks them.
+
+use std::cmp::Ordering;
 
 use crate::pruners::{Direction, TrialState};
 use crate::samplers::{History, Params, RandomSampler, SampleError, Sampler, TrialSummary, splitmix64};
 use crate::space::{Distribution, ParamValue, SearchSpace};
 
-/// Optuna's univariate TPE (see the module docs). The fields are Optuna's arguments of the
-/// same names; [`TpeSampler::new`] gives Optuna's defaults.
+/// Optuna's TPE (see the module docs). The fields are Optuna's arguments of the same names;
+/// [`TpeSampler::new`] gives Optuna 5.0.0's defaults.
 #[derive(Clone, Debug)]
 pub struct TpeSampler {
     pub seed: u64,
@@ -60,11 +105,36 @@ pub struct TpeSampler {
     pub prior_weight: f64,
     pub consider_magic_clip: bool,
     pub consider_endpoints: bool,
+    /// One joint estimator over all parameters (`true`) or one per parameter (`false`).
+    pub multivariate: bool,
+    /// Count running trials in the "above" set.
+    pub constant_liar: bool,
+}
+
+/// Parameters to sample: key and distribution.
+type Keyed<'s> = Vec<(&'s str, &'s Distribution)>;
+
+/// A model-readable trial: complete with a value that is not NaN, or pruned.
+fn finished(t: &TrialSummary) -> bool {
+    match t.state {
+        TrialState::Complete => t.value.is_some_and(|v| !v.is_nan()),
+        TrialState::Pruned => true,
+        _ => false,
+    }
+}
+
+/// A distribution with one value: not sampled.
+fn single(dist: &Distribution) -> bool {
+    match dist {
+        Distribution::Float { low, high, step: None, .. } => low == high,
+        _ => dist.grid_len() == Some(1),
+    }
 }
 
 impl TpeSampler {
-    /// Optuna's defaults: 10 startup trials, 24 candidates, prior weight 1, magic clip on,
-    /// endpoints off.
+    /// Optuna 5.0.0's `TPESampler(seed=seed)` for a single-objective study: 10 startup trials,
+    /// 24 candidates, prior weight 1, magic clip on, endpoints off, multivariate (`None`
+    /// resolves to `True` with one objective), constant liar on.
     pub fn new(seed: u64) -> Self {
         TpeSampler {
             seed,
@@ -73,6 +143,8 @@ impl TpeSampler {
             prior_weight: 1.0,
             consider_magic_clip: true,
             consider_endpoints: false,
+            multivariate: true,
+            constant_liar: true,
         }
     }
 
@@ -102,32 +174,59 @@ impl TpeSampler {
         w
     }
 
-    /// The trials the model is built from, split into (below, above), each in number order.
-    fn split<'a>(&self, history: &History<'a>) -> (Vec<&'a TrialSummary>, Vec<&'a TrialSummary>) {
-        let sign = match history.direction {
+    /// The trials the model reads for trial `trial_number`: finished ones and, with the
+    /// constant liar, running ones; never the trial itself.
+    fn model_trials<'a>(&self, history: &History<'a>, trial_number: u64) -> Vec<&'a TrialSummary> {
+        history
+            .trials
+            .iter()
+            .filter(|t| {
+                if self.constant_liar {
+                    t.number != trial_number && (finished(t) || t.state == TrialState::Running)
+                } else {
+                    finished(t)
+                }
+            })
+            .collect()
+    }
+
+    /// Optuna's `_split_trials` (single objective, no constraints): (below, above), each in
+    /// number order. Running trials (present only with the constant liar) go above.
+    fn split<'a>(
+        &self,
+        trials: &[&'a TrialSummary],
+        direction: Direction,
+    ) -> (Vec<&'a TrialSummary>, Vec<&'a TrialSummary>) {
+        let sign = match direction {
             Direction::Minimize => 1.0,
             Direction::Maximize => -1.0,
         };
         let mut complete: Vec<&TrialSummary> = Vec::new();
         let mut pruned: Vec<&TrialSummary> = Vec::new();
-        for t in history.trials {
+        let mut running: Vec<&TrialSummary> = Vec::new();
+        for &t in trials {
             match t.state {
-                TrialState::Complete if t.value.is_some_and(|v| !v.is_nan()) => complete.push(t),
+                TrialState::Running => running.push(t),
+                TrialState::Complete if finished(t) => complete.push(t),
                 TrialState::Pruned => pruned.push(t),
                 _ => {}
             }
         }
         let n_below = Self::gamma(complete.len() + pruned.len());
         let key = |t: &TrialSummary| sign * t.value.unwrap_or(0.0);
-        complete.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
+        complete.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(Ordering::Equal));
+        // `_get_pruned_trial_score`: (-step, value in the direction, NaN as +inf), or (1, 0)
+        // for a trial without intermediate values.
         let pruned_key = |t: &TrialSummary| match t.value {
-            None => (1u8, 0.0),
-            Some(v) if v.is_nan() => (0, f64::INFINITY),
-            Some(v) => (0, sign * v),
+            None => (1i128, 0.0),
+            Some(v) => {
+                let step = -(t.last_step.unwrap_or(0) as i128);
+                (step, if v.is_nan() { f64::INFINITY } else { sign * v })
+            }
         };
         pruned.sort_by(|a, b| {
             let (ka, kb) = (pruned_key(a), pruned_key(b));
-            ka.0.cmp(&kb.0).then(ka.1.partial_cmp(&kb.1).unwrap_or(std::cmp::Ordering::Equal))
+            ka.0.cmp(&kb.0).then(ka.1.partial_cmp(&kb.1).unwrap_or(Ordering::Equal))
         });
         let from_complete = n_below.min(complete.len());
         let from_pruned = (n_below - from_complete).min(pruned.len());
@@ -135,6 +234,7 @@ impl TpeSampler {
         below.extend_from_slice(&pruned[..from_pruned]);
         let mut above: Vec<&TrialSummary> = complete[from_complete..].to_vec();
         above.extend_from_slice(&pruned[from_pruned..]);
+        above.extend(running);
         below.sort_by_key(|t| t.number);
         above.sort_by_key(|t| t.number);
         (below, above)
@@ -154,8 +254,30 @@ impl TpeSampler {
         w
     }
 
-    fn estimator(&self, dist: &Distribution, observations: &[f64]) -> Estimator {
-        let weights = self.mixture_weights(observations.len());
+    /// Optuna's `_ParzenEstimator` over `dists` from `rows` (one observation per row, one
+    /// internal value per distribution).
+    fn mixture(&self, dists: &[&Distribution], rows: &[Vec<f64>]) -> Mixture {
+        let weights = self.mixture_weights(rows.len());
+        let dims = dists
+            .iter()
+            .enumerate()
+            .map(|(i, dist)| {
+                let column: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+                self.kernels(dist, &column)
+            })
+            .collect();
+        Mixture { weights, dims }
+    }
+
+    /// One parameter's estimator (the univariate case).
+    #[cfg(test)]
+    fn estimator(&self, dist: &Distribution, observations: &[f64]) -> Mixture {
+        let rows: Vec<Vec<f64>> = observations.iter().map(|&x| vec![x]).collect();
+        self.mixture(&[dist], &rows)
+    }
+
+    /// One parameter's kernels (`_calculate_distributions`), the prior last.
+    fn kernels(&self, dist: &Distribution, observations: &[f64]) -> Kernels {
         match dist {
             Distribution::Categorical { choices } => {
                 let k = choices.len().max(1);
@@ -174,7 +296,7 @@ impl TpeSampler {
                     }
                     rows
                 };
-                Estimator::Categorical { weights, rows }
+                Kernels::Categorical { rows }
             }
             _ => {
                 let (ext_low, ext_high, log, step) = match dist {
@@ -196,7 +318,9 @@ impl TpeSampler {
                 let mut sigmas = self.sigmas(&mus, low, high);
                 mus.push(0.5 * (low + high));
                 sigmas.push(high - low);
-                Estimator::Numeric { weights, mus, sigmas, low, high, ext_low, ext_high, log, step }
+                let log_mass =
+                    mus.iter().zip(&sigmas).map(|(mu, s)| log_gauss_mass((low - mu) / s, (high - mu) / s)).collect();
+                Kernels::Numeric { mus, sigmas, log_mass, low, high, ext_low, ext_high, log, step }
             }
         }
     }
@@ -208,7 +332,7 @@ impl TpeSampler {
             return Vec::new();
         }
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| mus[a].partial_cmp(&mus[b]).unwrap_or(std::cmp::Ordering::Equal));
+        order.sort_by(|&a, &b| mus[a].partial_cmp(&mus[b]).unwrap_or(Ordering::Equal));
         let mut e = Vec::with_capacity(n + 2);
         e.push(low);
         e.extend(order.iter().map(|&i| mus[i]));
@@ -227,80 +351,126 @@ impl TpeSampler {
         sigmas
     }
 
-    /// One parameter's suggestion (past the startup trials).
+    /// The below and above estimators over `params`, each from the trials of its set that
+    /// have every one of them (Optuna's `_get_internal_repr`).
+    fn estimators(
+        &self,
+        params: &[(&str, &Distribution)],
+        below: &[&TrialSummary],
+        above: &[&TrialSummary],
+    ) -> (Mixture, Mixture) {
+        let dists: Vec<&Distribution> = params.iter().map(|(_, d)| *d).collect();
+        let observe = |trials: &[&TrialSummary]| -> Vec<Vec<f64>> {
+            trials
+                .iter()
+                .filter_map(|t| params.iter().map(|(k, d)| t.params.get(*k).and_then(|v| d.to_internal(v))).collect())
+                .collect()
+        };
+        (self.mixture(&dists, &observe(below)), self.mixture(&dists, &observe(above)))
+    }
+
+    /// Splits the parameters to sample into the joint set (multivariate: those every finished
+    /// trial has, Optuna's intersection search space) and the independently sampled rest.
+    fn partition<'s>(&self, sampled: Keyed<'s>, trials: &[&TrialSummary]) -> (Keyed<'s>, Keyed<'s>) {
+        sampled.into_iter().partition(|(k, d)| {
+            self.multivariate
+                && trials
+                    .iter()
+                    .filter(|t| finished(t))
+                    .all(|t| t.params.get(*k).and_then(|v| d.to_internal(v)).is_some())
+        })
+    }
+
+    /// The suggestion for `params` (one for the univariate TPE, the joint set for the
+    /// multivariate one) past the startup trials: the best of the candidates drawn from the
+    /// below estimator, by `log l - log g`.
     fn suggest(
         &self,
-        key: &str,
-        dist: &Distribution,
+        params: &[(&str, &Distribution)],
+        mut stream: Stream,
         trial_number: u64,
         below: &[&TrialSummary],
         above: &[&TrialSummary],
-    ) -> ParamValue {
-        let observe = |trials: &[&TrialSummary]| -> Vec<f64> {
-            trials.iter().filter_map(|t| t.params.get(key).and_then(|v| dist.to_internal(v))).collect()
-        };
-        let l = self.estimator(dist, &observe(below));
-        let g = self.estimator(dist, &observe(above));
-        let mut stream = Stream::new(self.seed, trial_number, key);
-        let mut best: Option<(f64, ParamValue)> = None;
-        for _ in 0..self.n_ei_candidates {
-            let Some((value, x)) = l.sample(dist, &mut stream) else { continue };
-            let acq = l.log_pdf(x) - g.log_pdf(x);
+    ) -> Vec<ParamValue> {
+        let dists: Vec<&Distribution> = params.iter().map(|(_, d)| *d).collect();
+        let (l, g) = self.estimators(params, below, above);
+        let candidates: Vec<(Vec<ParamValue>, Vec<f64>)> =
+            (0..self.n_ei_candidates).filter_map(|_| l.sample(&dists, &mut stream)).collect();
+        let xs: Vec<&[f64]> = candidates.iter().map(|(_, x)| x.as_slice()).collect();
+        let (log_l, log_g) = (l.log_pdfs(&xs), g.log_pdfs(&xs));
+        let mut best: Option<(f64, Vec<ParamValue>)> = None;
+        for ((values, _), (ll, lg)) in candidates.into_iter().zip(log_l.into_iter().zip(log_g)) {
+            let acq = ll - lg;
             let better = match &best {
                 None => true,
                 Some((b, _)) => acq > *b || (b.is_nan() && !acq.is_nan()),
             };
             if better {
-                best = Some((acq, value));
+                best = Some((acq, values));
             }
         }
         match best {
             Some((_, v)) => v,
-            None => RandomSampler::new(self.seed).draw(key, dist, trial_number),
+            None => {
+                let random = RandomSampler::new(self.seed);
+                params.iter().map(|(k, d)| random.draw(k, d, trial_number)).collect()
+            }
         }
     }
 }
 
 impl Sampler for TpeSampler {
     fn sample(&mut self, space: &SearchSpace, trial_number: u64, history: &History) -> Result<Params, SampleError> {
-        let finished = history
-            .trials
-            .iter()
-            .filter(|t| match t.state {
-                TrialState::Complete => t.value.is_some_and(|v| !v.is_nan()),
-                TrialState::Pruned => true,
-                _ => false,
-            })
-            .count();
         let random = RandomSampler::new(self.seed);
-        if finished < self.n_startup_trials {
+        let trials = self.model_trials(history, trial_number);
+        if trials.iter().filter(|t| finished(t)).count() < self.n_startup_trials {
             return Ok(space.params().iter().map(|(k, d)| (k.clone(), random.draw(k, d, trial_number))).collect());
         }
-        let (below, above) = self.split(history);
+        let (below, above) = self.split(&trials, history.direction);
         let mut params = Params::new();
+        let mut sampled: Vec<(&str, &Distribution)> = Vec::new();
         for (key, dist) in space.params() {
-            let value = if dist.grid_len() == Some(1) {
-                dist.grid_point(0).unwrap_or_else(|| random.draw(key, dist, trial_number))
-            } else if let Distribution::Float { low, high, step: None, .. } = dist
-                && low == high
+            if !single(dist) {
+                sampled.push((key, dist));
+            } else if let Distribution::Float { low, .. } = dist
+                && dist.grid_len().is_none()
             {
-                ParamValue::Float(*low)
+                params.insert(key.clone(), ParamValue::Float(*low));
             } else {
-                self.suggest(key, dist, trial_number, &below, &above)
-            };
-            params.insert(key.clone(), value);
+                let value = dist.grid_point(0).unwrap_or_else(|| random.draw(key, dist, trial_number));
+                params.insert(key.clone(), value);
+            }
+        }
+        let (joint, independent) = self.partition(sampled, &trials);
+        if !joint.is_empty() {
+            let stream = Stream::joint(self.seed, trial_number);
+            let values = self.suggest(&joint, stream, trial_number, &below, &above);
+            params.extend(joint.iter().map(|(k, _)| k.to_string()).zip(values));
+        }
+        for (key, dist) in independent {
+            let stream = Stream::new(self.seed, trial_number, key);
+            let value = self.suggest(&[(key, dist)], stream, trial_number, &below, &above);
+            params.extend(value.into_iter().map(|v| (key.to_string(), v)));
         }
         Ok(params)
     }
 }
 
-/// One parameter's Parzen estimator (a mixture; the last kernel is the prior).
-enum Estimator {
-    /// Truncated normals on `[low, high]` (the internal, possibly log and widened, bounds).
+/// A Parzen estimator: a mixture whose kernel `k` is the product over the dimensions of each
+/// dimension's kernel `k` (the last kernel is the prior).
+struct Mixture {
+    weights: Vec<f64>,
+    dims: Vec<Kernels>,
+}
+
+/// One dimension's kernels.
+enum Kernels {
+    /// Truncated normals on `[low, high]` (the internal, possibly log and widened, bounds);
+    /// `log_mass` is each kernel's log mass in `[low, high]` before truncation.
     Numeric {
-        weights: Vec<f64>,
         mus: Vec<f64>,
         sigmas: Vec<f64>,
+        log_mass: Vec<f64>,
         low: f64,
         high: f64,
         ext_low: f64,
@@ -309,7 +479,7 @@ enum Estimator {
         step: Option<f64>,
     },
     /// One row of choice probabilities per kernel.
-    Categorical { weights: Vec<f64>, rows: Vec<Vec<f64>> },
+    Categorical { rows: Vec<Vec<f64>> },
 }
 
 /// numpy's `rng.choice(len(p), p=p)`: the first index whose cumulative weight exceeds `u`.
@@ -333,12 +503,53 @@ fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {
     terms.map(|t| (t - max).exp()).sum::<f64>().ln() + max
 }
 
-impl Estimator {
-    /// A draw: the parameter value and its internal representation.
-    fn sample(&self, dist: &Distribution, s: &mut Stream) -> Option<(ParamValue, f64)> {
-        let value = match self {
-            Estimator::Categorical { weights, rows } => {
-                let row = &rows[choose(weights, s.unit()).min(rows.len() - 1)];
+impl Mixture {
+    /// A draw: the parameters' values and their internal representations (`None` if a
+    /// dimension's draw is not a valid value).
+    fn sample(&self, dists: &[&Distribution], s: &mut Stream) -> Option<(Vec<ParamValue>, Vec<f64>)> {
+        let k = choose(&self.weights, s.unit());
+        // Every dimension draws, so a failed one does not shift the others' streams.
+        let drawn: Vec<Option<ParamValue>> = self.dims.iter().zip(dists).map(|(d, dist)| d.draw(k, dist, s)).collect();
+        let values: Vec<ParamValue> = drawn.into_iter().collect::<Option<_>>()?;
+        let x: Vec<f64> = values.iter().zip(dists).map(|(v, dist)| dist.to_internal(v)).collect::<Option<_>>()?;
+        Some((values, x))
+    }
+
+    /// The joint log density (log mass in the discrete dimensions) at internal values `x`.
+    #[cfg(test)]
+    fn log_pdf(&self, x: &[f64]) -> f64 {
+        self.log_pdfs(&[x])[0]
+    }
+
+    /// The joint log densities at several points (the candidates): per dimension, the kernels'
+    /// terms are computed once per distinct value (discrete dimensions repeat values often).
+    fn log_pdfs(&self, xs: &[&[f64]]) -> Vec<f64> {
+        let n_kernels = self.weights.len();
+        let mut sums = vec![vec![0.0; n_kernels]; xs.len()];
+        for (d, dim) in self.dims.iter().enumerate() {
+            let mut seen: Vec<(u64, Vec<f64>)> = Vec::new();
+            for (x, sum) in xs.iter().zip(sums.iter_mut()) {
+                let bits = x[d].to_bits();
+                let i = match seen.iter().position(|(b, _)| *b == bits) {
+                    Some(i) => i,
+                    None => {
+                        seen.push((bits, (0..n_kernels).map(|k| dim.log_kernel(k, x[d])).collect()));
+                        seen.len() - 1
+                    }
+                };
+                sum.iter_mut().zip(&seen[i].1).for_each(|(s, t)| *s += t);
+            }
+        }
+        sums.iter().map(|sum| log_sum_exp(sum.iter().zip(&self.weights).map(|(s, w)| s + w.ln()))).collect()
+    }
+}
+
+impl Kernels {
+    /// A draw from kernel `k`.
+    fn draw(&self, k: usize, dist: &Distribution, s: &mut Stream) -> Option<ParamValue> {
+        match self {
+            Kernels::Categorical { rows } => {
+                let row = &rows[k.min(rows.len() - 1)];
                 let u = s.unit();
                 let mut acc = 0.0;
                 let mut index = 0;
@@ -351,10 +562,9 @@ impl Estimator {
                         index = i + 1;
                     }
                 }
-                dist.from_internal(index as f64)?
+                dist.from_internal(index as f64)
             }
-            Estimator::Numeric { weights, mus, sigmas, low, high, ext_low, ext_high, log, step } => {
-                let k = choose(weights, s.unit());
+            Kernels::Numeric { mus, sigmas, low, high, ext_low, ext_high, log, step, .. } => {
                 let (mu, sigma) = (mus[k], sigmas[k]);
                 let mut x = ppf(s.unit(), (low - mu) / sigma, (high - mu) / sigma) * sigma + mu;
                 if *log {
@@ -363,45 +573,33 @@ impl Estimator {
                 if let Some(st) = step {
                     x = (ext_low + ((x - ext_low) / st).round_ties_even() * st).max(*ext_low).min(*ext_high);
                 }
-                dist.from_internal(x)?
+                dist.from_internal(x)
             }
-        };
-        let x = dist.to_internal(&value)?;
-        Some((value, x))
+        }
     }
 
-    /// The mixture's log density (log mass, for a discrete parameter) at internal value `x`.
-    fn log_pdf(&self, x: f64) -> f64 {
+    /// Kernel `k`'s log density (log mass, for a discrete dimension) at internal value `x`.
+    fn log_kernel(&self, k: usize, x: f64) -> f64 {
         match self {
-            Estimator::Categorical { weights, rows } => {
-                let i = x as usize;
-                log_sum_exp(weights.iter().zip(rows).map(move |(w, r)| w.ln() + r.get(i).copied().unwrap_or(0.0).ln()))
-            }
-            Estimator::Numeric { weights, mus, sigmas, low, high, log, step, .. } => {
-                let terms = weights.iter().zip(mus.iter().zip(sigmas)).map(move |(w, (mu, sigma))| {
-                    let (a, b) = ((low - mu) / sigma, (high - mu) / sigma);
-                    let lp = match step {
-                        Some(st) => {
-                            let (mut left, mut right) = (x - st / 2.0, x + st / 2.0);
-                            if *log {
-                                left = left.ln();
-                                right = right.ln();
-                            }
-                            log_gauss_mass((left - mu) / sigma, (right - mu) / sigma) - log_gauss_mass(a, b)
+            Kernels::Categorical { rows } => rows[k].get(x as usize).copied().unwrap_or(0.0).ln(),
+            Kernels::Numeric { mus, sigmas, log_mass, low, high, log, step, .. } => {
+                let (mu, sigma) = (mus[k], sigmas[k]);
+                match step {
+                    Some(st) => {
+                        let (mut left, mut right) = (x - st / 2.0, x + st / 2.0);
+                        if *log {
+                            left = left.ln();
+                            right = right.ln();
                         }
-                        None => {
-                            let xx = if *log { x.ln() } else { x };
-                            let z = (xx - mu) / sigma;
-                            if z < a || z > b {
-                                f64::NEG_INFINITY
-                            } else {
-                                norm_logpdf(z) - log_gauss_mass(a, b) - sigma.ln()
-                            }
-                        }
-                    };
-                    lp + w.ln()
-                });
-                log_sum_exp(terms)
+                        log_gauss_mass((left - mu) / sigma, (right - mu) / sigma) - log_mass[k]
+                    }
+                    None => {
+                        let xx = if *log { x.ln() } else { x };
+                        let z = (xx - mu) / sigma;
+                        let (a, b) = ((low - mu) / sigma, (high - mu) / sigma);
+                        if z < a || z > b { f64::NEG_INFINITY } else { norm_logpdf(z) - log_mass[k] - sigma.ln() }
+                    }
+                }
             }
         }
     }
@@ -412,13 +610,19 @@ fn fnv1a(key: &str) -> u64 {
 }
 
 /// Independent uniform draws for one (seed, trial, key), a domain apart from the random
-/// sampler's.
+/// sampler's; the joint draw has a domain of its own.
 struct Stream(u64);
 
 impl Stream {
     fn new(seed: u64, trial: u64, key: &str) -> Self {
         const TPE: u64 = 0x7470_655f_6361_6e64; // "tpe_cand"
         Stream(splitmix64(splitmix64(seed ^ TPE) ^ splitmix64(trial ^ 0x5851_f42d_4c95_7f2d) ^ fnv1a(key)))
+    }
+
+    /// The multivariate candidates' stream for one (seed, trial).
+    fn joint(seed: u64, trial: u64) -> Self {
+        const JOINT: u64 = 0x7470_655f_6a6f_696e; // "tpe_join"
+        Stream(splitmix64(splitmix64(seed ^ JOINT) ^ splitmix64(trial ^ 0x5851_f42d_4c95_7f2d)))
     }
 
     /// Uniform in [0, 1).
@@ -836,8 +1040,235 @@ mod tests {
         for (dist, obs, points) in cases {
             let est = TpeSampler::new(0).estimator(&dist, &obs);
             for (x, want) in points {
-                let got = est.log_pdf(x);
+                let got = est.log_pdf(&[x]);
                 assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{dist:?} at {x}: {got} vs {want}");
+            }
+        }
+    }
+
+    // ---- `scripts/optuna_tpe_multivariate_vectors.py` (Optuna 5.0.0) ----
+
+    use serde_json::Value as Json;
+
+    fn fixture() -> Json {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/optuna_tpe/multivariate.json");
+        let text = std::fs::read_to_string(path).expect("read the Optuna TPE vectors");
+        serde_json::from_str(&text).expect("parse the Optuna TPE vectors")
+    }
+
+    /// A number of the fixture (non-finite ones are written as strings).
+    fn number(v: &Json) -> f64 {
+        match v {
+            Json::String(s) => match s.as_str() {
+                "nan" => f64::NAN,
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                other => panic!("not a number: {other}"),
+            },
+            v => v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")),
+        }
+    }
+
+    fn numbers(v: &Json) -> Vec<f64> {
+        v.as_array().unwrap().iter().map(number).collect()
+    }
+
+    fn distribution(p: &Json) -> Distribution {
+        let f = |k: &str| p[k].as_f64().unwrap();
+        match p["kind"].as_str().unwrap() {
+            "float" => {
+                Distribution::Float { low: f("low"), high: f("high"), log: p["log"] == true, step: p["step"].as_f64() }
+            }
+            "int" => Distribution::Int {
+                low: p["low"].as_i64().unwrap(),
+                high: p["high"].as_i64().unwrap(),
+                step: p["step"].as_i64().unwrap(),
+                log: p["log"] == true,
+            },
+            _ => Distribution::Categorical {
+                choices: p["choices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| serde_yaml::Value::String(c.as_str().unwrap().into()))
+                    .collect(),
+            },
+        }
+    }
+
+    fn close(got: f64, want: f64) -> bool {
+        got == want || (got - want).abs() <= 1e-9 * want.abs().max(1.0)
+    }
+
+    /// Checks each numeric dimension's kernels against Optuna's (`kernels`: name to centres and
+    /// bandwidths): the centres equal, and the bandwidths equal up to the order among equal
+    /// centres, which numpy's unstable `argsort` leaves to the CPU; then takes Optuna's order,
+    /// so that the densities can be compared. Returns how many dimensions needed that.
+    fn adopt_optunas_tie_order(est: &mut Mixture, names: &[&str], kernels: &Json, what: &str) -> usize {
+        let mut reordered = 0;
+        for (dim, name) in est.dims.iter_mut().zip(names) {
+            let Kernels::Numeric { mus, sigmas, log_mass, low, high, .. } = dim else { continue };
+            let want_mus = numbers(&kernels[name]["mus"]);
+            let want_sigmas = numbers(&kernels[name]["sigmas"]);
+            assert_eq!(mus.len(), want_mus.len(), "{what} {name}: kernels");
+            for (i, (m, w)) in mus.iter().zip(&want_mus).enumerate() {
+                assert!(close(*m, *w), "{what} {name}: centre {i}: {m} vs Optuna {w}");
+            }
+            for i in 0..mus.len() {
+                let group = |s: &[f64]| {
+                    let mut g: Vec<f64> = (0..mus.len()).filter(|&j| mus[j] == mus[i]).map(|j| s[j]).collect();
+                    g.sort_by(f64::total_cmp);
+                    g
+                };
+                let (ours, theirs) = (group(sigmas), group(&want_sigmas));
+                assert!(
+                    ours.iter().zip(&theirs).all(|(a, b)| close(*a, *b)),
+                    "{what} {name}: bandwidths at centre {}: {ours:?} vs Optuna {theirs:?}",
+                    mus[i]
+                );
+            }
+            if sigmas.iter().zip(&want_sigmas).any(|(a, b)| !close(*a, *b)) {
+                reordered += 1;
+                *sigmas = want_sigmas;
+                *log_mass = mus
+                    .iter()
+                    .zip(sigmas.iter())
+                    .map(|(mu, s)| log_gauss_mass((*low - mu) / s, (*high - mu) / s))
+                    .collect();
+            }
+        }
+        reordered
+    }
+
+    #[test]
+    fn joint_parzen_log_densities_match_optuna() {
+        let doc = fixture();
+        assert!(doc["optuna_version"].as_str().unwrap().starts_with("5.0"));
+        let cases = doc["estimators"].as_array().unwrap();
+        assert!(cases.len() >= 7);
+        let (mut compared, mut reordered, mut dims) = (0, 0, 0);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let dists: Vec<Distribution> = case["params"].as_array().unwrap().iter().map(distribution).collect();
+            let refs: Vec<&Distribution> = dists.iter().collect();
+            let rows: Vec<Vec<f64>> = case["observations"].as_array().unwrap().iter().map(numbers).collect();
+            let mut est = TpeSampler::new(0).mixture(&refs, &rows);
+            let names: Vec<&str> =
+                case["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+            reordered += adopt_optunas_tie_order(&mut est, &names, &case["kernels"], name);
+            dims += names.len();
+            for (probe, want) in case["probes"].as_array().unwrap().iter().zip(numbers(&case["log_pdf"])) {
+                let x = numbers(probe);
+                let got = est.log_pdf(&x);
+                assert!(close(got, want), "{name} at {x:?}: {got} vs Optuna {want}");
+                compared += 1;
+            }
+        }
+        assert!(compared >= 70, "{compared} densities compared");
+        assert!(reordered < dims / 2, "{reordered} of {dims} dimensions took Optuna's tie order");
+    }
+
+    #[test]
+    fn split_running_and_pruned_trials_and_their_estimators_match_optuna() {
+        let doc = fixture();
+        let all: std::collections::BTreeMap<&str, Distribution> = [
+            ("k", Distribution::Int { low: 0, high: 3, step: 1, log: false }),
+            ("lr", Distribution::Float { low: 1e-5, high: 1e-1, log: true, step: None }),
+            ("m", Distribution::Int { low: 1, high: 1000, step: 1, log: true }),
+            ("n", Distribution::Int { low: -3, high: 17, step: 4, log: false }),
+            ("opt", Distribution::Categorical { choices: ["sgd", "adam", "rmsprop"].map(|c| c.into()).to_vec() }),
+            ("s", Distribution::Float { low: -1.0, high: 2.0, log: false, step: Some(0.25) }),
+            ("x", Distribution::Float { low: -5.0, high: 5.0, log: false, step: None }),
+        ]
+        .into_iter()
+        .collect();
+        // The estimator cases' distributions are these.
+        for case in doc["estimators"].as_array().unwrap() {
+            for p in case["params"].as_array().unwrap() {
+                assert_eq!(distribution(p), all[p["name"].as_str().unwrap()]);
+            }
+        }
+        let studies = doc["studies"].as_array().unwrap();
+        assert!(studies.len() >= 8);
+        for case in studies {
+            let name = case["name"].as_str().unwrap();
+            let direction = match case["direction"].as_str().unwrap() {
+                "minimize" => Direction::Minimize,
+                _ => Direction::Maximize,
+            };
+            let trials: Vec<TrialSummary> = case["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    let params: Params = t["params"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| {
+                            let (dist, x) = (&all[k.as_str()], number(v));
+                            let value = dist.from_internal(x).unwrap();
+                            assert_eq!(dist.to_internal(&value), Some(x), "{name}: {k} = {x}");
+                            (k.clone(), value)
+                        })
+                        .collect();
+                    // As the trainer's history: a pruned trial's last intermediate value and step.
+                    let last = t["intermediate"]
+                        .as_array()
+                        .unwrap()
+                        .last()
+                        .map(|sv| (sv[0].as_u64().unwrap(), number(&sv[1])));
+                    let state = match t["state"].as_str().unwrap() {
+                        "complete" => TrialState::Complete,
+                        "pruned" => TrialState::Pruned,
+                        "running" => TrialState::Running,
+                        _ => TrialState::Failed,
+                    };
+                    let (value, last_step) = match state {
+                        TrialState::Complete => (Some(number(&t["value"])), None),
+                        TrialState::Pruned => (last.map(|l| l.1), last.map(|l| l.0)),
+                        _ => (None, None),
+                    };
+                    TrialSummary { number: t["number"].as_u64().unwrap(), state, params, value, last_step }
+                })
+                .collect();
+            let sampler = TpeSampler { constant_liar: case["constant_liar"] == true, ..TpeSampler::new(0) };
+            let current = case["current"].as_u64().unwrap();
+            let history = History::new(direction, &trials);
+            let model = sampler.model_trials(&history, current);
+            let (below, above) = sampler.split(&model, direction);
+            let numbers_of = |ts: &[&TrialSummary]| ts.iter().map(|t| t.number).collect::<Vec<u64>>();
+            let want = |k: &str| case[k].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect::<Vec<u64>>();
+            assert_eq!(numbers_of(&below), want("below"), "{name}: below");
+            assert_eq!(numbers_of(&above), want("above"), "{name}: above");
+            // The joint space: Optuna's `infer_relative_search_space`.
+            let keys: Vec<(&str, &Distribution)> = ["lr", "n", "opt", "x"].map(|k| (k, &all[k])).to_vec();
+            let (joint, _) = sampler.partition(keys, &model);
+            let joint: Vec<&str> = joint.iter().map(|(k, _)| *k).collect();
+            let relative: Vec<&str> =
+                case["relative_space"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+            assert_eq!(joint, relative, "{name}: joint space");
+            // The estimators over the sampled space, from those sets.
+            let sampled: Vec<(&str, &Distribution)> = case["sample_space"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    let (key, dist) = all.get_key_value(k.as_str().unwrap()).unwrap();
+                    (*key, dist)
+                })
+                .collect();
+            let (mut l, mut g) = sampler.estimators(&sampled, &below, &above);
+            let names: Vec<&str> = sampled.iter().map(|(k, _)| *k).collect();
+            adopt_optunas_tie_order(&mut l, &names, &case["kernels_below"], name);
+            adopt_optunas_tie_order(&mut g, &names, &case["kernels_above"], name);
+            let probes = case["probes"].as_array().unwrap();
+            for (which, est) in [("log_pdf_below", &l), ("log_pdf_above", &g)] {
+                for (probe, want) in probes.iter().zip(numbers(&case[which])) {
+                    let x = numbers(probe);
+                    let got = est.log_pdf(&x);
+                    assert!(close(got, want), "{name} {which} at {x:?}: {got} vs Optuna {want}");
+                }
             }
         }
     }

@@ -81,8 +81,20 @@ fn pruned_and_failed_trials_are_ignored() {
     let mut noisy = Vec::new();
     for t in &trials {
         noisy.push(t.clone());
-        noisy.push(TrialSummary { number: 0, state: TrialState::Pruned, params: t.params.clone(), value: Some(-1e9) });
-        noisy.push(TrialSummary { number: 0, state: TrialState::Failed, params: t.params.clone(), value: None });
+        noisy.push(TrialSummary {
+            number: 0,
+            state: TrialState::Pruned,
+            params: t.params.clone(),
+            value: Some(-1e9),
+            last_step: Some(0),
+        });
+        noisy.push(TrialSummary {
+            number: 0,
+            state: TrialState::Failed,
+            params: t.params.clone(),
+            value: None,
+            last_step: None,
+        });
     }
     // Same complete trials, same number order → same suggestion.
     let n = 500;

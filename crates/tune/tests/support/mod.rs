@@ -19,7 +19,7 @@ pub fn num(p: &Params, k: &str) -> f64 {
 }
 
 pub fn complete(number: u64, params: Params, value: f64) -> TrialSummary {
-    TrialSummary { number, state: TrialState::Complete, params, value: Some(value) }
+    TrialSummary { number, state: TrialState::Complete, params, value: Some(value), last_step: None }
 }
 
 /// Runs `n` trials sequentially (minimising `f`); returns the history.
