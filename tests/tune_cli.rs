@@ -343,3 +343,73 @@ fn n_jobs_runs_trials_at_once() {
 fn starts_params(lines: &[Value]) -> Vec<Value> {
     lines.iter().filter(|l| l["event"] == "trial_started").map(|l| l["params"].clone()).collect()
 }
+
+/// A study with a step budget (reports at optimizer steps) where one trial's run fails: the failure
+/// is recorded with the run's own reason, the study goes on, and a re-run does not retry it.
+#[test]
+fn a_failing_trial_is_recorded_with_its_reason_and_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let space = tmp.path().join("space.yaml");
+    // The smoke config overfits one batch and fails the run unless the loss drops by this factor.
+    fs::write(&space, "debug.expected_loss_drop: {categorical: [1.0, 1.0e15]}\n").unwrap();
+    let study = tmp.path().join("study");
+    let command = || {
+        let mut c = support::toy();
+        c.args(["tune", "--config", "configs/smoke/toy.yaml", "--pruner", "none", "--sampler", "grid", "--space"])
+            .arg(&space)
+            .arg("--study")
+            .arg(&study);
+        c
+    };
+    let out = run(command());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, replayed) = Journal::open(&study).unwrap();
+    assert_eq!(replayed.trials.len(), 2, "the grid's two points");
+    let failed: Vec<_> = replayed.trials.iter().filter(|t| t.state == TrialState::Failed).collect();
+    let complete: Vec<_> = replayed.trials.iter().filter(|t| t.state == TrialState::Complete).collect();
+    assert_eq!((failed.len(), complete.len()), (1, 1));
+    let reason = failed[0].fail_reason.as_deref().unwrap();
+    assert!(reason.contains("overfit check failed"), "{reason}");
+    assert!(stdout.contains(&format!("trial {} failed: ", failed[0].number)), "{stdout}");
+    assert_eq!(failed[0].params["debug.expected_loss_drop"].as_f64(), Some(1e15));
+    // Reports at optimizer steps 50, 100, 150 (val_every 50).
+    assert_eq!(complete[0].intermediate.keys().copied().collect::<Vec<_>>(), vec![50, 100, 150]);
+    let rows = summary(&study);
+    let row = &rows[complete[0].number as usize];
+    assert_eq!((row["state"].as_str(), row["steps_run"].as_str()), ("complete", "150"));
+    assert_eq!(rows[failed[0].number as usize]["state"], "failed");
+    // The failed trial's directory stays where it ran; a re-run leaves it failed.
+    assert!(study.join("trials").join(format!("trial_{:03}", failed[0].number)).exists());
+    run(command());
+    assert_eq!(starts(&journal_lines(&study)).len(), 2);
+}
+
+/// Ctrl-C (SIGINT to the driver): the running trial checkpoints and is recorded interrupted, the
+/// driver exits 130, and the same command resumes the trial from its checkpoint.
+#[test]
+fn sigint_stops_the_study_resumably() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("study");
+    let args = ["--n-trials", "3", "--pruner", "none"];
+    let mut c = tune(&study, &args);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for(120, "trial 1's first report", || {
+        assert!(child.try_wait().unwrap().is_none(), "the study ended before the signal");
+        fs::read_to_string(study.join("journal.jsonl"))
+            .map(|t| t.contains(r#""event":"intermediate","number":1,"step":0,"#))
+            .unwrap_or(false)
+    });
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let (_, replayed) = Journal::open(&study).unwrap();
+    let t = &replayed.trials[1];
+    assert_eq!((t.state, t.fail_reason.as_deref()), (TrialState::Failed, Some("interrupted")));
+    assert!(study.join("trials/trial_001/checkpoints/checkpoint_latest.safetensors").exists());
+    let out = run(tune(&study, &args));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trial 1 retried"), "{out:?}");
+    let (_, replayed) = Journal::open(&study).unwrap();
+    assert!(replayed.trials.iter().all(|t| t.state == TrialState::Complete));
+    assert_eq!(summary(&study)[1]["attempts"], "2");
+}
