@@ -13,9 +13,11 @@
 //!   at once by file and key, and the values as `--set` overrides.
 //! - [`samplers`]: random and grid sampling, each trial's parameters a pure function of (seed,
 //!   trial number), so a resumed study suggests what an uninterrupted one would.
-//! - [`tpe`]: Optuna's univariate TPE sampler with its defaults (startup trials drawn by
-//!   [`RandomSampler`], Parzen estimators checked against Optuna's to 1e-9); not multivariate, no
-//!   constant liar.
+//! - [`tpe`]: Optuna 5's default TPE sampler: multivariate (one joint Parzen estimator over the
+//!   parameters every finished trial has) with the constant liar for running trials, startup
+//!   trials drawn by [`RandomSampler`], pruned trials ranked by their last step then value; the
+//!   univariate sampler with `multivariate: false`. Densities and below/above splits checked
+//!   against Optuna's to 1e-9.
 //! - [`cmaes`]: Optuna's `CmaEsSampler` with its defaults for a sequential study (one random
 //!   startup trial, the `cmaes` package's CMA-ES over the numeric parameters mapped to `[0, 1]`,
 //!   categorical parameters drawn by [`RandomSampler`]), replaying the history on every call so
