@@ -78,7 +78,7 @@ const STAGES: &[StageInfo] = &[
         subcommand: None,
         smoke_config: "configs/smoke/toy.yaml",
         demo_config: None,
-        libraries: &["checkpoints", "schedulers"],
+        libraries: &["checkpoints", "schedulers", "tune"],
         tiles: None,
         inputs: None,
     },
