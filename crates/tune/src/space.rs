@@ -309,11 +309,8 @@ pub struct SearchSpace {
 impl SearchSpace {
     /// Reads and validates a space file.
     pub fn load(path: &Path) -> Result<Self, SpaceError> {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_yaml_str(&text, &file),
-            Err(e) => Err(SpaceError { file, problems: vec![Problem::new("", ProblemKind::Io(e.to_string()))] }),
-        }
+        let (text, file) = read_space_file(path)?;
+        Self::from_yaml_str(&text, &file)
     }
 
     /// Parses and validates space-file text; `file` names it in errors and warnings.
@@ -435,6 +432,15 @@ impl SearchSpace {
             return Err(ValueError::OutOfSpace { key: key.into(), value: value.to_string(), kind: dist.kind() });
         }
         Ok(format!("{key}={value}"))
+    }
+}
+
+/// A space or study file's text and its name for messages (a read error is a [`SpaceError`]).
+pub(crate) fn read_space_file(path: &Path) -> Result<(String, String), SpaceError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(e) => Err(SpaceError { file, problems: vec![Problem::new("", ProblemKind::Io(e.to_string()))] }),
     }
 }
 

@@ -26,7 +26,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::pruners::{Direction, PrunerSpec};
-use crate::space::{Entries, Problem, ProblemKind, SearchSpace, SpaceError};
+use crate::space::{Entries, Problem, ProblemKind, SearchSpace, SpaceError, read_space_file};
 
 /// Which sampler a study uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,11 +121,8 @@ pub struct StudyFile {
 impl StudyFile {
     /// Reads a space or study file (see the module docs); every problem names the file and key.
     pub fn load(path: &Path) -> Result<Self, SpaceError> {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_yaml_str(&text, &file),
-            Err(e) => Err(SpaceError { file, problems: vec![Problem::new("", ProblemKind::Io(e.to_string()))] }),
-        }
+        let (text, file) = read_space_file(path)?;
+        Self::from_yaml_str(&text, &file)
     }
 
     pub fn from_yaml_str(text: &str, file: &str) -> Result<Self, SpaceError> {
