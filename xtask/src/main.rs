@@ -4,6 +4,8 @@
 //! - `smoke [--stage NAME]`: overfit one batch per stage on the CPU and check the loss drop.
 //! - `demo [--stage NAME]`: train each stage on its demo config and print its validation metrics;
 //!   `--stage tune` runs hoser-distill's reference hyper-parameter study on the bundled data.
+//! - `check-features`: every stage package built alone resolves its dependencies' features as
+//!   the workspace does (one build serves every stage); the first step of `ci`.
 //! - `check-backends`: build the binaries with the `wgpu` and `cuda` features (own target dir).
 //! - `bench [FILTER]`: criterion benchmarks of training steps.
 //! - `tile -- ARGS`: build `trainyard-tile` in release and run it with ARGS (scenes or
@@ -16,6 +18,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+
+mod features;
 
 /// A stage registered with the automation: its package, binary and smoke config.
 struct StageInfo {
@@ -260,6 +264,9 @@ enum Cmd {
         #[arg(long)]
         stage: Option<String>,
     },
+    /// Check that every stage package built on its own resolves each dependency with the
+    /// workspace's features (so one build serves every stage; also run by `ci`).
+    CheckFeatures,
     /// Build every binary with the wgpu and cuda features, in target/backends.
     CheckBackends,
     /// Run the criterion benchmarks (training steps, checkpoint save/load), optionally filtered by name.
@@ -341,6 +348,7 @@ fn ci(stage: Option<&str>) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     run(fmt, "format check")?;
+    features::check(&stage_packages(stage)?)?;
 
     let mut clippy = cargo();
     clippy.args(["clippy", "--locked", "--all-targets"]).args(&package_args).args(["--", "-D", "warnings"]);
@@ -354,6 +362,17 @@ fn ci(stage: Option<&str>) -> Result<()> {
     // One plain closing line for whoever reads the log's end.
     println!("ci: {} passed, {failed} failed", passed + smoked);
     Ok(())
+}
+
+/// The distinct packages of the chosen stages (each builds a stage binary).
+fn stage_packages(stage: Option<&str>) -> Result<Vec<&'static str>> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for s in stages(stage)? {
+        if !out.contains(&s.package) {
+            out.push(s.package);
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
@@ -633,6 +652,7 @@ fn main() -> Result<()> {
         Cmd::Ci { stage } => ci(stage.as_deref()),
         Cmd::Smoke { stage } => smoke(stage.as_deref()).map(drop),
         Cmd::Demo { stage } => demo(stage.as_deref()),
+        Cmd::CheckFeatures => features::check(&stage_packages(None)?),
         Cmd::CheckBackends => check_backends(),
         Cmd::Bench { filter } => bench(filter.as_deref()),
         Cmd::Tile { args } => tile(&args),
