@@ -715,6 +715,10 @@ impl<B: AutodiffBackend> Task<B> for DistillTask<B> {
         Ok(StepOutput { loss: out.total, metrics })
     }
 
+    fn begin_validation(&self, step: u64) -> TaskResult<()> {
+        Task::<B>::begin_validation(&self.vanilla, step)
+    }
+
     fn validate(&self, model: &Hoser<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
         Task::<B>::validate(&self.vanilla, model, device)
     }

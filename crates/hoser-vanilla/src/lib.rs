@@ -6,8 +6,11 @@
 //! steps over the whole split) and `val_time_pred_mape` (HOSER's log1p relative error), and the best
 //! model is selected by the accuracy.
 
+pub mod map;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -199,6 +202,12 @@ pub enum VanillaError {
 
 /// The vanilla HOSER task over a loaded dataset.
 pub struct VanillaTask {
+    /// Where `validation/epoch_N.png` goes (the run's output directory).
+    run_dir: PathBuf,
+    /// Optimizer steps per epoch (names the validation map by epoch).
+    steps_per_epoch: u64,
+    /// The optimizer step of the validation in progress ([`Task::begin_validation`]).
+    validation_step: AtomicU64,
     data: HoserData,
     collator: Collator,
     model: HoserConfig,
@@ -254,7 +263,42 @@ impl VanillaTask {
         let baseline_acc = most_frequent_successor_accuracy(&data.train.samples, &data.val.samples);
         tracing::info!("most-frequent-successor baseline: validation next-step accuracy {baseline_acc:.4}");
         let val_batch_size = config.training.batch_size.max(1);
-        Ok(Self { data, collator, model, loss, norm, val_batch_size, dataset_id, baseline_acc })
+        let t = &config.training;
+        let batches = data.train.samples.len().div_ceil(t.batch_size.max(1));
+        let steps_per_epoch = batches.div_ceil(t.gradient_accumulation_steps.max(1)).max(1) as u64;
+        Ok(Self {
+            run_dir: config.output_dir.clone(),
+            steps_per_epoch,
+            validation_step: AtomicU64::new(0),
+            data,
+            collator,
+            model,
+            loss,
+            norm,
+            val_batch_size,
+            dataset_id,
+            baseline_acc,
+        })
+    }
+
+    /// Writes `validation/epoch_N.png` (or `step_N.png` for a validation inside an epoch): the
+    /// first [`map::MAP_TRAJECTORIES`] trajectories of the validation batch `batch` with the
+    /// model's top-1 next roads (`logits` of that batch, `[B, T, C]`).
+    fn write_map(&self, batch: &Batch, logits: &[f32]) -> Result<PathBuf, String> {
+        let step = self.validation_step.load(Ordering::SeqCst);
+        let (name, when) = if step.is_multiple_of(self.steps_per_epoch) {
+            let epoch = step / self.steps_per_epoch;
+            (format!("epoch_{epoch}.png"), format!("epoch {epoch} (optimizer step {step})"))
+        } else {
+            (format!("step_{step}.png"), format!("optimizer step {step}"))
+        };
+        let dir = self.run_dir.join("validation");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(name);
+        let drawn: Vec<map::Drawn> =
+            (0..map::MAP_TRAJECTORIES.min(batch.batch_size)).map(|i| map::drawn(batch, logits, i)).collect();
+        map::write(&path, &self.data.network, &drawn, &format!("validation trajectories after {when}"))?;
+        Ok(path)
     }
 
     /// The loaded dataset.
@@ -278,12 +322,30 @@ impl VanillaTask {
         model: &Hoser<B>,
         device: &B::Device,
     ) -> Result<(NextStepAccuracy, TimeErrorSums), SequenceLossError> {
+        self.evaluate_and(model, device, |_, _| ())
+    }
+
+    /// [`VanillaTask::evaluate`], handing the first batch and its logits (`[B, T, C]`) to `first`.
+    fn evaluate_and<B: Backend>(
+        &self,
+        model: &Hoser<B>,
+        device: &B::Device,
+        first: impl FnOnce(&Batch, &[f32]),
+    ) -> Result<(NextStepAccuracy, TimeErrorSums), SequenceLossError> {
         let graph = GraphTensors::new(&self.data.features, device);
         let mut acc = NextStepAccuracy::default();
         let mut time = TimeErrorSums::default();
+        let mut first = Some(first);
         for chunk in self.data.val.samples.chunks(self.val_batch_size) {
-            let b = DeviceBatch::new(&self.collator.collate(chunk), &self.data.features.road_to_zone, device)?;
+            let batch = self.collator.collate(chunk);
+            let b = DeviceBatch::new(&batch, &self.data.features.road_to_zone, device)?;
             let (logits, time_pred) = model.forward(&graph, &b.input);
+            if let Some(f) = first.take() {
+                match logits.clone().into_data().convert::<f32>().to_vec::<f32>() {
+                    Ok(values) => f(&batch, &values),
+                    Err(e) => tracing::warn!("validation map: reading the logits: {e:?}"),
+                }
+            }
             acc += next_step_accuracy(logits, &b.steps)?;
             time += time_error(time_pred, b.seconds, &b.steps, self.norm)?;
         }
@@ -394,8 +456,17 @@ impl<B: AutodiffBackend> Task<B> for VanillaTask {
         Ok(StepOutput { loss: out.total, metrics })
     }
 
+    fn begin_validation(&self, step: u64) -> TaskResult<()> {
+        self.validation_step.store(step, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn validate(&self, model: &Hoser<B::InnerBackend>, device: &B::Device) -> TaskResult<Metrics> {
-        let (acc, time) = self.evaluate(model, device)?;
+        let (acc, time) = self.evaluate_and(model, device, |batch, logits| {
+            if let Err(e) = self.write_map(batch, logits) {
+                tracing::warn!("could not write the validation map: {e}");
+            }
+        })?;
         let accuracy = acc.accuracy().ok_or_else(|| {
             TaskError::msg(format!("{}: no validation step to score", self.data.val.summary.file.display()))
         })?;

@@ -47,6 +47,13 @@ fn trains_on_helsinki_test_and_beats_the_successor_baseline() {
     }
     assert!(!out.join("epoch_0.safetensors").exists() && !out.join("checkpoints").exists());
     assert!(out.join("best.safetensors").is_file());
+    // The validation map of every epoch, at the size the code states.
+    for epoch in 1..=20 {
+        let png = std::fs::read(out.join(format!("validation/epoch_{epoch}.png"))).expect("validation map");
+        let size =
+            (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
+        assert_eq!(size, hoser_vanilla::map::MAP_SIZE, "epoch_{epoch}.png");
+    }
 
     let events = events(&log);
     let accs: Vec<f64> = events
