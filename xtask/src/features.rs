@@ -27,15 +27,18 @@ pub fn parse(tree: &str) -> Resolution {
     out
 }
 
-/// What `selection` builds that the workspace's build does not: one line per package with a
-/// feature set the workspace never builds it with. (A crate can appear with two feature sets,
-/// its host build for build scripts and its target build, and `cargo tree` does not say which
-/// is which; a selection that builds only one of the workspace's sets reuses that artifact.)
-pub fn differences(selection: &Resolution, workspace: &Resolution) -> Vec<String> {
+/// Which packages `selection` resolves otherwise than `workspace`: one line each.
+///
+/// `exact`: the package's feature sets must be the workspace's (normal edges: what the stage's
+/// own code links, where one differing feature rebuilds everything above it). Otherwise each of
+/// the selection's feature sets must be one the workspace builds (build-dependency edges: `cargo
+/// tree` does not say which copy of a crate is the host one, and a selection that needs only
+/// one of the workspace's copies reuses it).
+pub fn differences(selection: &Resolution, workspace: &Resolution, exact: bool) -> Vec<String> {
     let mut out = Vec::new();
     for (package, features) in selection {
         match workspace.get(package) {
-            Some(ws) if features.is_subset(ws) => {}
+            Some(ws) if (exact && features == ws) || (!exact && features.is_subset(ws)) => {}
             Some(ws) => {
                 out.push(format!("{package}: built with [{}], the workspace with [{}]", show(features), show(ws)))
             }
@@ -49,9 +52,9 @@ fn show(sets: &BTreeSet<String>) -> String {
     sets.iter().map(|s| format!("{{{s}}}")).collect::<Vec<_>>().join(" ")
 }
 
-fn tree(selection: &[&str]) -> Result<Resolution> {
+fn tree(edges: &str, selection: &[&str]) -> Result<Resolution> {
     let mut cmd = super::cargo();
-    cmd.args(["tree", "--locked", "-e", "normal,build", "--prefix", "none", "-f", "{p}|{f}"]).args(selection);
+    cmd.args(["tree", "--locked", "-e", edges, "--prefix", "none", "-f", "{p}|{f}"]).args(selection);
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -62,11 +65,13 @@ fn tree(selection: &[&str]) -> Result<Resolution> {
 /// Fails when a stage package, built alone, resolves any crate with other features than the
 /// workspace does.
 pub fn check(packages: &[&str]) -> Result<()> {
-    let workspace = tree(&["--workspace"])?;
     let mut problems = Vec::new();
-    for package in packages {
-        for d in differences(&tree(&["-p", package])?, &workspace) {
-            problems.push(format!("  cargo build -p {package}: {d}"));
+    for (edges, exact) in [("normal", true), ("normal,build", false)] {
+        let workspace = tree(edges, &["--workspace"])?;
+        for package in packages {
+            for d in differences(&tree(edges, &["-p", package])?, &workspace, exact) {
+                problems.push(format!("  cargo build -p {package} ({edges} dependencies): {d}"));
+            }
         }
     }
     if problems.is_empty() {
@@ -93,21 +98,26 @@ mod tests {
         let ws = parse(WORKSPACE);
         assert_eq!(ws["flate2 v1.1.10"].len(), 1, "a repeated line (*) is the same build");
         assert_eq!(ws["serde v1.0.229"].len(), 2, "host and target builds are both kept");
-        assert!(differences(&ws, &ws).is_empty());
+        assert!(differences(&ws, &ws, true).is_empty());
         // A selection that builds fewer crates, each as the workspace does, is fine.
-        assert!(differences(&parse("serde v1.0.229|alloc,derive,std\nserde v1.0.229|alloc,derive\n"), &ws).is_empty());
+        let fewer = parse("serde v1.0.229|alloc,derive,std\nserde v1.0.229|alloc,derive\n");
+        assert!(differences(&fewer, &ws, true).is_empty());
+        // Over build edges, one of the workspace's two copies is enough; over normal edges it is not.
+        let one = parse("serde v1.0.229|alloc,derive\n");
+        assert!(differences(&one, &ws, false).is_empty());
+        assert_eq!(differences(&one, &ws, true).len(), 1);
     }
 
     #[test]
     fn a_diverging_feature_is_named() {
         let ws = parse(WORKSPACE);
         let stage = parse("burn-core v0.21.0|default,flate2,std\nflate2 v1.1.10|any_impl,default\n");
-        let d = differences(&stage, &ws);
+        let d = differences(&stage, &ws, true);
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(d[0].starts_with("flate2 v1.1.10: built with [{any_impl,default}]"), "{}", d[0]);
         assert!(d[0].contains("{any_impl,default,zlib-rs}"), "{}", d[0]);
         // One of the two builds of serde missing a feature is a difference too.
         let stage = parse("serde v1.0.229|alloc,derive\nserde v1.0.229|alloc\n");
-        assert_eq!(differences(&stage, &ws).len(), 1);
+        assert_eq!(differences(&stage, &ws, false).len(), 1);
     }
 }
