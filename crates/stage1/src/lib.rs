@@ -6,7 +6,7 @@
 //! loss on the detached output (never through sampling). Validation samples the refiner with
 //! the current `model.timesteps`, reports seed 000's metrics (`val_loss`, `l1`, `ms_ssim`,
 //! `sar_edge_agreement`, ...) plus PSNR against the "predict the mean training image" baseline,
-//! prints seed 000's console block and writes a PNG grid (SAR | prediction | target).
+//! prints seed 000's console block and writes a PNG grid (SAR | prediction | target, labelled; see [`grid`]).
 
 pub mod config;
 pub mod error;
@@ -332,7 +332,8 @@ impl<B: AutodiffBackend> Stage1Task<B> {
                 }
                 _ => mean_ok = false,
             }
-            psnr_sum += psnr_per_image(refl_out.clone(), refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
+            let psnr_each = psnr_per_image(refl_out.clone(), refl_target.clone(), batch.valid.clone());
+            psnr_sum += psnr_each.iter().sum::<f64>();
             psnr_head_sum += psnr_per_image(refl_head, refl_target.clone(), batch.valid.clone()).iter().sum::<f64>();
             n += samples.len();
             if grid.len() < self.config.data.grid_tiles {
@@ -343,8 +344,12 @@ impl<B: AutodiffBackend> Stage1Task<B> {
                         break;
                     }
                     let hw = s.height * s.width;
+                    // The sample's VV is standardised: back to the tile's dB for the fixed stretch.
+                    let (mean, std) = (self.standardization.s1_mean[0], self.standardization.s1_std[0]);
                     grid.push(grid::Row {
-                        sar: s.s1[..hw].to_vec(),
+                        tile_id: s.tile_id.clone(),
+                        psnr: psnr_each[i],
+                        sar_db: s.s1[..hw].iter().map(|v| v * std + mean).collect(),
                         prediction: out_host[i * 4 * hw..(i + 1) * 4 * hw].to_vec(),
                         target: target_host[i * 4 * hw..(i + 1) * 4 * hw].to_vec(),
                         height: s.height,

@@ -130,12 +130,14 @@ fn a_run_writes_every_seed_output_and_stops_early() {
     assert!(out.join("best_model.safetensors").is_file());
     assert!(out.join(stage1::BASE_EXPORT).is_file(), "merged generator export");
 
-    // The validation grid: 4 rows of 64 px, three panels with 2 px gaps.
+    // The validation grid: 4 rows of 64-px tiles upscaled 4× to 256 px, three columns, a header
+    // row and a label margin.
     let png = std::fs::read(out.join("validation/step_4.png")).expect("validation grid");
     assert_eq!(&png[1..4], b"PNG");
     let (w, h) =
         (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
-    assert_eq!((w, h), (3 * 64 + 4, 4 * 64 + 3 * 2));
+    assert_eq!((w as usize, h as usize), stage1::grid::size(4, 64, 64));
+    assert_eq!((w, h), (200 + 3 * 256 + 2 * 4, 44 + 4 * 256 + 3 * 4));
 }
 
 #[test]

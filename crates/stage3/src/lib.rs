@@ -391,6 +391,9 @@ impl<B: AutodiffBackend> Stage3Task<B> {
                     }
                     let hw = s.tile.height * s.tile.width;
                     rows.push(grid::Row {
+                        tile_id: s.tile.tile_id.clone(),
+                        psnr_v2: psnr_v2[i],
+                        psnr_v3: psnr_v3[i],
                         sar: s.tile.s1[..hw].to_vec(),
                         opt_v2: s.opt_v2.clone(),
                         opt_v3: v3_host[i * 4 * hw..(i + 1) * 4 * hw].to_vec(),
