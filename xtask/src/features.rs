@@ -1,86 +1,99 @@
-//! `cargo xtask check-features` (also the first step of `ci`): every stage package, built on its
-//! own, must resolve every dependency with the features the whole workspace resolves it with.
+//! `cargo xtask check-features` (also the first step of `ci`): building one stage package must
+//! not compile anything the workspace's build did not — every unit (package, target, mode,
+//! features, profile) of `cargo build -p STAGE` must be a unit of `cargo build` of the workspace,
+//! in the dev and the release profile.
 //!
-//! Cargo unifies features per package selection: when stage 1 alone asks less of a shared crate
-//! (flate2, serde, half, …) than the workspace does, `cargo build -p stage1` builds another copy
-//! of it and of everything above it (burn and its stack: minutes). `crates/workspace-hack`
-//! holds the union; this check compares `cargo tree -e normal,build -f '{p}|{f}'` of each stage
-//! with the workspace's and names what differs, so a dependency change cannot bring the second
-//! build back unnoticed.
+//! Cargo unifies features per package selection, for target code and for host code (build
+//! scripts, proc-macros) separately: when stage 1 alone asks less of a shared crate (flate2,
+//! memchr, …) than the workspace does, `cargo build -p stage1` compiles another copy of it and of
+//! everything above it (burn and its stack: minutes). `crates/workspace-hack` holds the union;
+//! this check reads cargo's unit graph (`--unit-graph`, the exact list of compilations, computed
+//! without building; an unstable flag, enabled with `RUSTC_BOOTSTRAP=1` for this read-only query)
+//! and names the first units a stage would compile anew.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
-/// Each package (`name version`, with `(proc-macro)` or a path when cargo prints one) and the
-/// feature sets it is built with (a crate used on the host and the target can appear with two).
-pub type Resolution = BTreeMap<String, BTreeSet<String>>;
+/// One compilation: package id, target name and kinds, mode, features, profile (as JSON).
+pub type Unit = (String, String, String, String, String, String);
 
-/// Parses `cargo tree --prefix none -f '{p}|{f}'` output.
-pub fn parse(tree: &str) -> Resolution {
-    let mut out = Resolution::new();
-    for line in tree.lines() {
-        let Some((package, features)) = line.trim().split_once('|') else { continue };
-        let features = features.trim_end_matches(" (*)").trim();
-        out.entry(package.trim_end_matches(" (*)").trim().to_string()).or_default().insert(features.to_string());
-    }
-    out
+/// The units of a `--unit-graph` document, workspace members' own units left out (a stage's own
+/// crates are the ones it is expected to compile).
+pub fn units(graph: &Value) -> Result<BTreeSet<Unit>> {
+    let list = graph["units"].as_array().context("a unit graph has `units`")?;
+    let text = |v: &Value| v.to_string();
+    Ok(list
+        .iter()
+        .filter(|u| !u["pkg_id"].as_str().unwrap_or("").starts_with("path+"))
+        .map(|u| {
+            (
+                u["pkg_id"].as_str().unwrap_or("").to_string(),
+                u["target"]["name"].as_str().unwrap_or("").to_string(),
+                text(&u["target"]["kind"]),
+                text(&u["mode"]),
+                text(&u["features"]),
+                text(&u["profile"]),
+            )
+        })
+        .collect())
 }
 
-/// Which packages `selection` resolves otherwise than `workspace`: one line each.
-///
-/// `exact`: the package's feature sets must be the workspace's (normal edges: what the stage's
-/// own code links, where one differing feature rebuilds everything above it). Otherwise each of
-/// the selection's feature sets must be one the workspace builds (build-dependency edges: `cargo
-/// tree` does not say which copy of a crate is the host one, and a selection that needs only
-/// one of the workspace's copies reuses it).
-pub fn differences(selection: &Resolution, workspace: &Resolution, exact: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    for (package, features) in selection {
-        match workspace.get(package) {
-            Some(ws) if (exact && features == ws) || (!exact && features.is_subset(ws)) => {}
-            Some(ws) => {
-                out.push(format!("{package}: built with [{}], the workspace with [{}]", show(features), show(ws)))
-            }
-            None => out.push(format!("{package}: not in the workspace's build")),
-        }
-    }
-    out
+/// The units of `selection` that are not units of `workspace`, one line each.
+pub fn differences(selection: &BTreeSet<Unit>, workspace: &BTreeSet<Unit>) -> Vec<String> {
+    selection
+        .difference(workspace)
+        .map(|(pkg, target, kind, mode, features, profile)| {
+            let name = pkg.rsplit(['#', '/']).next().unwrap_or(pkg);
+            let opt = serde_json::from_str::<Value>(profile).map(|p| p["opt_level"].to_string()).unwrap_or_default();
+            format!("{name} ({target} {kind} {mode}, opt-level {opt}) with features {features}")
+        })
+        .collect()
 }
 
-fn show(sets: &BTreeSet<String>) -> String {
-    sets.iter().map(|s| format!("{{{s}}}")).collect::<Vec<_>>().join(" ")
-}
-
-fn tree(edges: &str, selection: &[&str]) -> Result<Resolution> {
+fn unit_graph(profile: &[&str], selection: &[&str]) -> Result<BTreeSet<Unit>> {
     let mut cmd = super::cargo();
-    cmd.args(["tree", "--locked", "-e", edges, "--prefix", "none", "-f", "{p}|{f}"]).args(selection);
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .args(["build", "--locked", "-Z", "unstable-options", "--unit-graph"])
+        .args(profile)
+        .args(selection);
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(parse(&String::from_utf8_lossy(&out.stdout)))
+    let graph: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("reading the output of {cmd:?}"))?;
+    units(&graph)
 }
 
-/// Fails when a stage package, built alone, resolves any crate with other features than the
-/// workspace does.
+/// Fails when building one of `packages` alone would compile a unit the workspace's build does not.
 pub fn check(packages: &[&str]) -> Result<()> {
     let mut problems = Vec::new();
-    for (edges, exact) in [("normal", true), ("normal,build", false)] {
-        let workspace = tree(edges, &["--workspace"])?;
+    for (name, profile) in [("dev", &[][..]), ("release", &["--release"][..])] {
+        let workspace = unit_graph(profile, &[])?;
         for package in packages {
-            for d in differences(&tree(edges, &["-p", package])?, &workspace, exact) {
-                problems.push(format!("  cargo build -p {package} ({edges} dependencies): {d}"));
+            let extra = differences(&unit_graph(profile, &["-p", package])?, &workspace);
+            let shown = extra.len().min(5);
+            for d in &extra[..shown] {
+                problems.push(format!("  cargo build --profile {name} -p {package}: {d}"));
+            }
+            if extra.len() > shown {
+                problems.push(format!("  cargo build --profile {name} -p {package}: … {} more", extra.len() - shown));
             }
         }
     }
     if problems.is_empty() {
-        eprintln!("xtask: check-features: {} stage packages resolve as the workspace does", packages.len());
+        eprintln!(
+            "xtask: check-features: {} stage packages, each built alone, compile only units of the workspace's build \
+             (dev and release)",
+            packages.len()
+        );
         return Ok(());
     }
     bail!(
-        "a stage built on its own would rebuild shared crates with other features than the workspace:\n{}\n\
-         add the workspace's features of these crates to crates/workspace-hack/Cargo.toml",
+        "a stage built on its own would compile shared crates the workspace's build does not (other features):\n{}\n\
+         add the workspace's features of these crates to crates/workspace-hack/Cargo.toml ([dependencies] for \
+         target code, [build-dependencies] for build scripts and proc-macros)",
         problems.join("\n")
     )
 }
@@ -89,35 +102,53 @@ pub fn check(packages: &[&str]) -> Result<()> {
 mod tests {
     use super::*;
 
-    const WORKSPACE: &str = "burn-core v0.21.0|default,flate2,std\nflate2 v1.1.10|any_impl,default,zlib-rs\n\
-                             flate2 v1.1.10|any_impl,default,zlib-rs (*)\nserde v1.0.229|alloc,derive,std\n\
-                             serde v1.0.229|alloc,derive\n";
+    fn graph(units: &[(&str, &[&str], u8)]) -> Value {
+        let units: Vec<Value> = units
+            .iter()
+            .map(|(pkg, features, opt)| {
+                serde_json::json!({
+                    "pkg_id": pkg, "target": {"name": pkg.rsplit('#').next().unwrap().split('@').next().unwrap(), "kind": ["lib"]},
+                    "mode": "build", "features": features, "profile": {"name": "release", "opt_level": opt.to_string()},
+                    "dependencies": []
+                })
+            })
+            .collect();
+        serde_json::json!({"version": 1, "units": units, "roots": []})
+    }
+
+    const MEMCHR: &str = "registry+https://github.com/rust-lang/crates.io-index#memchr@2.8.3";
+    const FLATE2: &str = "registry+https://github.com/rust-lang/crates.io-index#flate2@1.1.10";
 
     #[test]
-    fn the_same_resolution_has_no_difference() {
-        let ws = parse(WORKSPACE);
-        assert_eq!(ws["flate2 v1.1.10"].len(), 1, "a repeated line (*) is the same build");
-        assert_eq!(ws["serde v1.0.229"].len(), 2, "host and target builds are both kept");
-        assert!(differences(&ws, &ws, true).is_empty());
-        // A selection that builds fewer crates, each as the workspace does, is fine.
-        let fewer = parse("serde v1.0.229|alloc,derive,std\nserde v1.0.229|alloc,derive\n");
-        assert!(differences(&fewer, &ws, true).is_empty());
-        // Over build edges, one of the workspace's two copies is enough; over normal edges it is not.
-        let one = parse("serde v1.0.229|alloc,derive\n");
-        assert!(differences(&one, &ws, false).is_empty());
-        assert_eq!(differences(&one, &ws, true).len(), 1);
+    fn a_selection_of_the_workspaces_units_has_no_difference() {
+        let ws = units(&graph(&[
+            (MEMCHR, &["alloc", "std"], 0),
+            (MEMCHR, &["alloc", "default", "std"], 3),
+            (FLATE2, &["zlib-rs"], 3),
+        ]))
+        .unwrap();
+        assert!(differences(&ws, &ws).is_empty());
+        let fewer = units(&graph(&[(MEMCHR, &["alloc", "std"], 0)])).unwrap();
+        assert!(differences(&fewer, &ws).is_empty());
+        // Members' own units are the stage's to compile.
+        let own = units(&graph(&[("path+file:///work/main/crates/stage1#0.1.0", &[], 3)])).unwrap();
+        assert!(own.is_empty());
     }
 
     #[test]
-    fn a_diverging_feature_is_named() {
-        let ws = parse(WORKSPACE);
-        let stage = parse("burn-core v0.21.0|default,flate2,std\nflate2 v1.1.10|any_impl,default\n");
-        let d = differences(&stage, &ws, true);
+    fn another_feature_set_or_the_host_copy_with_the_target_features_is_named() {
+        let ws = units(&graph(&[(MEMCHR, &["alloc", "std"], 0), (MEMCHR, &["alloc", "default", "std"], 3)])).unwrap();
+        // The host (opt-level 0) copy without features: what stage 1 compiled before the fix.
+        let stage = units(&graph(&[(MEMCHR, &[], 0)])).unwrap();
+        let d = differences(&stage, &ws);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(d[0].starts_with("flate2 v1.1.10: built with [{any_impl,default}]"), "{}", d[0]);
-        assert!(d[0].contains("{any_impl,default,zlib-rs}"), "{}", d[0]);
-        // One of the two builds of serde missing a feature is a difference too.
-        let stage = parse("serde v1.0.229|alloc,derive\nserde v1.0.229|alloc\n");
-        assert_eq!(differences(&stage, &ws, false).len(), 1);
+        assert!(
+            d[0].starts_with("memchr@2.8.3 (memchr [\"lib\"] \"build\", opt-level \"0\") with features []"),
+            "{}",
+            d[0]
+        );
+        // Target features on the host copy are another compilation too.
+        let mixed = units(&graph(&[(MEMCHR, &["alloc", "default", "std"], 0)])).unwrap();
+        assert_eq!(differences(&mixed, &ws).len(), 1);
     }
 }
