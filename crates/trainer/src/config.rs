@@ -293,6 +293,9 @@ pub struct LoggingConfig {
     /// Log memory before the forward pass and after the backward pass every N optimizer
     /// steps, and around each validation; `null` disables.
     pub memory_every: Option<u64>,
+    /// Redraw `curves.png` (next to `training.jsonl`) at each validation and at the end of the
+    /// run: loss, learning rate and validation metrics against the optimizer step.
+    pub curves: bool,
 }
 
 impl Default for LoggingConfig {
@@ -304,6 +307,7 @@ impl Default for LoggingConfig {
             progress: ProgressMode::Auto,
             log_every: 50,
             memory_every: Some(100),
+            curves: true,
         }
     }
 }
@@ -315,6 +319,7 @@ impl LoggingConfig {
         TelemetryPaths {
             jsonl: log_dir.join(crate::telemetry::JSONL),
             csv: log_dir.join(crate::telemetry::CSV),
+            curves: log_dir.join(crate::curves::CURVES_FILE),
             tensorboard: self
                 .tensorboard_dir
                 .clone()
@@ -330,6 +335,8 @@ pub struct TelemetryPaths {
     pub jsonl: PathBuf,
     /// The per-validation table.
     pub csv: PathBuf,
+    /// The training curves image.
+    pub curves: PathBuf,
     /// The TensorBoard event directory.
     pub tensorboard: PathBuf,
 }

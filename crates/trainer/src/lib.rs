@@ -9,6 +9,7 @@ pub mod averaging;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod curves;
 pub mod early_stopping;
 pub mod grads;
 pub mod interrupt;

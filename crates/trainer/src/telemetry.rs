@@ -137,6 +137,8 @@ pub struct Telemetry {
     start: Instant,
     losses_since_val: (f64, u64),
     last_validation: Option<(u64, Metrics)>,
+    /// `training.jsonl` and `curves.png`, with `logging.curves`.
+    curves: Option<(PathBuf, PathBuf)>,
 }
 
 fn io_context(e: io::Error, path: &Path) -> io::Error {
@@ -166,6 +168,7 @@ impl Telemetry {
         resumed_at: Option<(u64, TelemetryCounters)>,
     ) -> io::Result<Self> {
         let paths = logging.paths(run_dir);
+        let curves = logging.curves.then(|| (paths.jsonl.clone(), paths.curves.clone()));
         let jsonl_path = paths.jsonl;
         if let Some(dir) = jsonl_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io_context(e, dir))?;
@@ -212,6 +215,7 @@ impl Telemetry {
             start: Instant::now(),
             losses_since_val,
             last_validation: None,
+            curves,
         })
     }
 
@@ -316,7 +320,24 @@ impl Telemetry {
             "validation at step {step}: {}",
             metrics.iter().map(|(k, v)| format!("{k}={v:.6}")).collect::<Vec<_>>().join(" ")
         ));
+        self.draw_curves();
         Ok(())
+    }
+
+    /// Redraws `curves.png` from `training.jsonl` (with `logging.curves`). A failure, even a
+    /// panic in the plotting library, is a warning: the run goes on.
+    fn draw_curves(&self) {
+        let Some((jsonl, png)) = &self.curves else { return };
+        let drawn = std::panic::catch_unwind(|| crate::curves::write_curves(jsonl, png));
+        match drawn {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(panic) => tracing::warn!(
+                "cannot plot {}: the plotting library panicked: {}",
+                png.display(),
+                crate::oom::panic_text(panic.as_ref())
+            ),
+        }
     }
 
     fn csv_row(&mut self, step: u64, epoch: u64, lr: f64, train_loss: f64, metrics: &Metrics) -> io::Result<()> {
@@ -358,13 +379,15 @@ impl Telemetry {
         self.event("checkpoint", json!({"step": step, "reasons": reasons, "written": written, "removed": removed}))
     }
 
-    /// Flushes every sink and clears the progress display.
+    /// Flushes every sink, clears the progress display and redraws `curves.png`.
     pub fn finish(&mut self) -> io::Result<()> {
         self.progress.finish();
         if let Some(tb) = &mut self.tb {
             tb.flush()?;
         }
-        self.jsonl.flush()
+        self.jsonl.flush()?;
+        self.draw_curves();
+        Ok(())
     }
 }
 
