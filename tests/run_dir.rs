@@ -82,7 +82,9 @@ fn fresh_starts_archive_the_whole_run_under_a_name_never_used_before() {
     // Each holds its whole run: telemetry, the resolved config of that run, its checkpoints.
     let mut seeds = Vec::new();
     for a in &new {
-        for f in ["training.jsonl", "metrics.csv", "config.yaml", "checkpoints/checkpoint_latest.safetensors"] {
+        for f in
+            ["training.jsonl", "metrics.csv", "curves.png", "config.yaml", "checkpoints/checkpoint_latest.safetensors"]
+        {
             assert!(a.join(f).is_file(), "{} lacks {f}", a.display());
         }
         assert!(a.join("tensorboard").is_dir());

@@ -235,9 +235,12 @@ fn earlier_run(run_dir: &Path, logging: &LoggingConfig) -> Result<Vec<(PathBuf, 
         Err(e) => return Err(CheckpointError::io(run_dir, e).into()),
     }
     let paths = logging.paths(run_dir);
-    for (from, name) in
-        [(paths.jsonl, telemetry::JSONL), (paths.csv, telemetry::CSV), (paths.tensorboard, telemetry::TENSORBOARD_DIR)]
-    {
+    for (from, name) in [
+        (paths.jsonl, telemetry::JSONL),
+        (paths.csv, telemetry::CSV),
+        (paths.tensorboard, telemetry::TENSORBOARD_DIR),
+        (paths.curves, crate::curves::CURVES_FILE),
+    ] {
         if from.exists() && !from.starts_with(run_dir) {
             entries.push((from, PathBuf::from(name)));
         }
