@@ -43,8 +43,13 @@ pub const NAME: &str = "hoser-distill";
 /// Loss term names (`loss_next_step`, `loss_time_pred`, `loss_kl` in the logs, as seed 002).
 pub const LOSS_TERMS: [&str; 3] = ["kl", "next_step", "time_pred"];
 
-/// File of the cached teacher probabilities in `data.cache_dir`.
-pub const TEACHER_CACHE_FILE: &str = "teacher-probs.bin";
+/// File of the cached teacher probabilities in `data.cache_dir` for a history `window` and the
+/// distilled steps (`all` or `last`): one file per setting, so runs (or a study's trials) that
+/// differ in them each find their own instead of recomputing a shared one. The file's manifest
+/// still checks the teacher, token map, data, window and steps.
+pub fn teacher_cache_file(window: usize, steps: DistillSteps) -> String {
+    format!("teacher-probs-w{window}-{}.bin", steps.name())
+}
 
 /// Which steps of a trajectory are distilled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -575,7 +580,8 @@ impl<B: AutodiffBackend> DistillTask<B> {
                 samples: samples.len(),
                 values: shape.iter().sum(),
             };
-            let path = config.data.cache_dir.as_ref().map(|d| d.join(TEACHER_CACHE_FILE));
+            let path =
+                config.data.cache_dir.as_ref().map(|d| d.join(teacher_cache_file(section.window, section.steps)));
             let cached = match &path {
                 None => None,
                 Some(p) => match read_cache(p, &key, &shape) {

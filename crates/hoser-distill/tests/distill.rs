@@ -499,14 +499,17 @@ fn cached_and_online_teacher_give_the_same_kl() {
 }
 
 /// The teacher cache in `data.cache_dir`: written once, read by a later run (giving the same
-/// loss bit for bit), rewritten when the window or the teacher changes, and a corrupt file is a
-/// warning and a recomputation, never a panic.
+/// loss bit for bit), one file per window (another window leaves the first file alone, and a
+/// return to it is a hit), rewritten when the teacher changes, and a corrupt file is a warning
+/// and a recomputation, never a panic.
 #[test]
-fn the_teacher_cache_is_rebuilt_when_the_teacher_or_window_changes() {
+fn the_teacher_cache_is_rebuilt_when_the_teacher_changes_and_kept_per_window() {
+    use hoser_distill::distill::{DistillSteps, teacher_cache_file};
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let file = cache.join(hoser_distill::distill::TEACHER_CACHE_FILE);
-    assert_eq!(file.file_name().unwrap(), "teacher-probs.bin");
+    let file = cache.join(teacher_cache_file(4, DistillSteps::All));
+    assert_eq!(file.file_name().unwrap(), "teacher-probs-w4-all.bin");
+    let file3 = cache.join(teacher_cache_file(3, DistillSteps::All));
     let mut n = 0;
     // A one-step run in a new output directory; its stderr and first loss.
     let mut step = |teacher: &Path, extra: &[&str]| {
@@ -536,16 +539,21 @@ fn the_teacher_cache_is_rebuilt_when_the_teacher_or_window_changes() {
     assert_eq!(loss, first, "the cached probabilities give the computed ones' loss");
     assert_eq!(std::fs::read(&file).unwrap(), written, "a hit does not rewrite the cache");
 
+    let cached_in3 = format!("teacher probabilities cached in {}", file3.display());
+    let read_from3 = format!("teacher probabilities: read from {}", file3.display());
     let (err, _) = step(teacher(), &["--set", "distill.window=3"]);
-    assert!(err.contains("stale (window 4 → 3)") && err.contains(&cached_in), "{err}");
-    let window3 = std::fs::read(&file).unwrap();
+    assert!(err.contains(&cached_in3), "{err}");
+    let window3 = std::fs::read(&file3).unwrap();
     assert_ne!(window3, written);
+    assert_eq!(std::fs::read(&file).unwrap(), written, "window 4's file is left alone");
     let (err, _) = step(teacher(), &["--set", "distill.window=3"]);
-    assert!(err.contains(&read_from), "{err}");
+    assert!(err.contains(&read_from3), "{err}");
+    let (err, loss) = step(teacher(), &[]);
+    assert!(err.contains(&read_from) && loss == first, "back to window 4: a hit, {err}");
 
     let (err, _) = step(other_teacher(), &["--set", "distill.window=3"]);
-    assert!(err.contains("stale (teacher weights changed)") && err.contains(&cached_in), "{err}");
-    assert_ne!(std::fs::read(&file).unwrap(), window3);
+    assert!(err.contains("stale (teacher weights changed)") && err.contains(&cached_in3), "{err}");
+    assert_ne!(std::fs::read(&file3).unwrap(), window3);
 
     std::fs::write(&file, b"not a cache at all").unwrap();
     let (err, _) = step(teacher(), &[]);
