@@ -10,7 +10,7 @@ use std::path::Path;
 
 use hoser::data::{Batch, RoadNetwork};
 use plotters::prelude::*;
-use schedulers::plotting::{FONT_FAMILY, register_font, write_rgb_png};
+use schedulers::plotting::{FONT_FAMILY, draw_rgb, write_rgb_png};
 
 /// Size in pixels of the map image.
 pub const MAP_SIZE: (u32, u32) = (1024, 1024);
@@ -69,9 +69,6 @@ pub fn top1(scores: &[f32]) -> usize {
 
 /// Draws `trajectories` over `network` into `path` (its directory must exist).
 pub fn write(path: &Path, network: &RoadNetwork, trajectories: &[Drawn], title: &str) -> Result<(), String> {
-    if !register_font() {
-        return Err(format!("{}: the embedded font could not be registered", path.display()));
-    }
     let roads: Vec<u32> =
         trajectories.iter().flat_map(|t| t.route.iter().chain(t.steps.iter().map(|s| &s.predicted))).copied().collect();
     let points = roads.iter().flat_map(|&r| network.road(r).coordinates.iter());
@@ -92,12 +89,10 @@ pub fn write(path: &Path, network: &RoadNetwork, trajectories: &[Drawn], title: 
     let (x_range, y_range) = ((cx - half)..(cx + half), (cy - half)..(cy + half));
     let inside = |p: &[f64; 2]| x_range.contains(&(p[0] * scale)) && y_range.contains(&p[1]);
     let (width, height) = MAP_SIZE;
-    let mut buffer = vec![0u8; width as usize * height as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        let e = |e: DrawingAreaErrorKind<_>| format!("{}: {e}", path.display());
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root)
+    let mut buffer = Vec::new();
+    let drawn = draw_rgb(&mut buffer, MAP_SIZE, |root| {
+        let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT_FAMILY, 24))
             .margin(12)
             .build_cartesian_2d(x_range.clone(), y_range.clone())
@@ -155,9 +150,9 @@ pub fn write(path: &Path, network: &RoadNetwork, trajectories: &[Drawn], title: 
             .border_style(BLACK)
             .label_font((FONT_FAMILY, 16))
             .draw()
-            .map_err(e)?;
-        root.present().map_err(e)?;
-    }
+            .map_err(e)
+    });
+    drawn.map_err(|err| format!("{}: {err}", path.display()))?;
     write_rgb_png(path, width, height, &buffer).map_err(|err| format!("{}: {err}", path.display()))
 }
 

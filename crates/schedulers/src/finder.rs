@@ -54,7 +54,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::plotting::{FONT_FAMILY, PngError, register_font, write_rgb_png};
+use crate::plotting::{DrawError, FONT_FAMILY, PngError, draw_rgb, write_rgb_png};
 
 /// How the learning rate moves from `min_lr` to `max_lr` over the sweep.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -486,11 +486,6 @@ impl LrFinder {
         if finite.is_empty() {
             return Err(FinderError::Empty { path: path.to_path_buf() });
         }
-        if !register_font() {
-            return Err(FinderError::Font { path: path.to_path_buf() });
-        }
-        let draw_err =
-            |e: &dyn std::fmt::Display| FinderError::Draw { path: path.to_path_buf(), message: e.to_string() };
 
         let (mut x_lo, mut x_hi) = min_max(finite.iter().map(|p| p.lr));
         if x_hi <= x_lo {
@@ -509,18 +504,16 @@ impl LrFinder {
         let y_label = move |v: &f64| format!("{v:.y_decimals$}");
         let suggestion = self.suggestion();
 
-        let mut buffer = vec![0u8; width as usize * height as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| draw_err(&e))?;
-            let mut chart = ChartBuilder::on(&root)
+        let mut buffer = Vec::new();
+        let drawn = draw_rgb(&mut buffer, (width, height), |root| {
+            let mut chart = ChartBuilder::on(root)
                 .caption("LR range test", (FONT_FAMILY, 26))
                 .margin(16)
                 .margin_right(48)
                 .x_label_area_size(48)
                 .y_label_area_size(72)
                 .build_cartesian_2d((x_lo..x_hi).log_scale(), y_lo..y_hi)
-                .map_err(|e| draw_err(&e))?;
+                .map_err(|e| e.to_string())?;
             chart
                 .configure_mesh()
                 .x_desc("learning rate (log scale)")
@@ -530,7 +523,7 @@ impl LrFinder {
                 .label_style((FONT_FAMILY, 14))
                 .axis_desc_style((FONT_FAMILY, 16))
                 .draw()
-                .map_err(|e| draw_err(&e))?;
+                .map_err(|e| e.to_string())?;
 
             let raw = RGBColor(120, 160, 220).mix(0.6);
             chart
@@ -541,12 +534,12 @@ impl LrFinder {
                         .map(|p| (p.lr, clip(p.loss))),
                     raw.stroke_width(1),
                 ))
-                .map_err(|e| draw_err(&e))?
+                .map_err(|e| e.to_string())?
                 .label("raw loss")
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], raw.stroke_width(1)));
             chart
                 .draw_series(LineSeries::new(finite.iter().map(|p| (p.lr, p.smoothed)), BLUE.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?
+                .map_err(|e| e.to_string())?
                 .label("smoothed loss")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
 
@@ -554,10 +547,10 @@ impl LrFinder {
                 let y = self.points[s.index].smoothed;
                 chart
                     .draw_series(std::iter::once(PathElement::new([(s.lr, y_lo), (s.lr, y_hi)], RED.mix(0.35))))
-                    .map_err(|e| draw_err(&e))?;
+                    .map_err(|e| e.to_string())?;
                 chart
                     .draw_series(std::iter::once(Circle::new((s.lr, y), 6, RED.filled())))
-                    .map_err(|e| draw_err(&e))?
+                    .map_err(|e| e.to_string())?
                     .label(format!("suggested lr {}", format_sci(s.lr)))
                     .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
                 chart
@@ -565,7 +558,7 @@ impl LrFinder {
                         EmptyElement::at((s.lr, y))
                             + Text::new(format!("lr = {}", format_sci(s.lr)), (10, -22), (FONT_FAMILY, 16).into_font()),
                     ))
-                    .map_err(|e| draw_err(&e))?;
+                    .map_err(|e| e.to_string())?;
             }
             chart
                 .configure_series_labels()
@@ -574,9 +567,12 @@ impl LrFinder {
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.4))
                 .draw()
-                .map_err(|e| draw_err(&e))?;
-            root.present().map_err(|e| draw_err(&e))?;
-        }
+                .map_err(|e| e.to_string())
+        });
+        drawn.map_err(|e| match e {
+            DrawError::Font => FinderError::Font { path: path.to_path_buf() },
+            DrawError::Draw(message) => FinderError::Draw { path: path.to_path_buf(), message },
+        })?;
 
         write_rgb_png(path, width, height, &buffer).map_err(|e| match e {
             PngError::Io(source) => FinderError::Io { path: path.to_path_buf(), source },

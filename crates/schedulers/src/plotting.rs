@@ -4,13 +4,15 @@
 //! Plots are drawn with plotters into an in-memory RGB buffer (`BitMapBackend::with_buffer`,
 //! 3 bytes a pixel, rows top to bottom), with text in the embedded DejaVu Sans registered under
 //! [`FONT_FAMILY`] (no system fonts are ever looked up), then encoded with the `png` crate by
-//! [`write_rgb_png`].
+//! [`write_rgb_png`]; [`draw_rgb`] is the shared drawing step before it.
 
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
+use plotters::prelude::{BitMapBackend, DrawingArea, IntoDrawingArea, WHITE};
 use plotters::style::FontStyle;
 use thiserror::Error;
 
@@ -26,6 +28,38 @@ static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 pub fn register_font() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok())
+}
+
+/// A plot's drawing area: plotters' bitmap backend over an RGB buffer.
+pub type Canvas<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// Why [`draw_rgb`] drew nothing.
+#[derive(Debug, Error)]
+pub enum DrawError {
+    /// [`register_font`] failed.
+    #[error("the embedded font could not be registered")]
+    Font,
+    /// plotters (or the caller's drawing) failed.
+    #[error("{0}")]
+    Draw(String),
+}
+
+/// The step every plot shares before [`write_rgb_png`]: registers the font, sizes `buffer` to a
+/// `width × height` RGB image, fills it white, runs `draw` on it and presents the result.
+pub fn draw_rgb(
+    buffer: &mut Vec<u8>,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&Canvas<'_>) -> Result<(), String>,
+) -> Result<(), DrawError> {
+    if !register_font() {
+        return Err(DrawError::Font);
+    }
+    buffer.clear();
+    buffer.resize(width as usize * height as usize * 3, 0);
+    let root = BitMapBackend::with_buffer(buffer, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| DrawError::Draw(e.to_string()))?;
+    draw(&root).map_err(DrawError::Draw)?;
+    root.present().map_err(|e| DrawError::Draw(e.to_string()))
 }
 
 /// Why [`write_rgb_png`] failed.

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
 use plotters::prelude::*;
-use schedulers::plotting::{FONT_FAMILY, PngError, register_font, write_rgb_png};
+use schedulers::plotting::{DrawError, FONT_FAMILY, PngError, draw_rgb, write_rgb_png};
 use serde_json::Value;
 use tune::report::format_significant;
 
@@ -294,23 +294,16 @@ pub fn write_curves(log: &Path, png: &Path) -> Result<Curves, CurvesError> {
 /// marked); marker events as vertical lines in every panel. A panel whose values (all positive)
 /// span more than two decades has a log axis.
 pub fn plot(curves: &Curves, path: &Path) -> Result<(), CurvesError> {
-    if !register_font() {
-        return Err(CurvesError::Font { path: path.to_path_buf() });
-    }
     let (width, height) = CURVES_SIZE;
     // One pixel buffer for the process, reused by every redraw: a fresh 8 MiB allocation per
     // validation would raise the allocator's thresholds and leave the resident set a buffer
     // higher after the second plot (which the memory-growth warning would take for a leak).
     static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
     let mut buffer = BUFFER.lock().unwrap_or_else(|p| p.into_inner());
-    buffer.resize(width as usize * height as usize * 3, 0);
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        let drawn = root.fill(&WHITE).map_err(err).and_then(|()| draw(curves, &root));
-        drawn
-            .and_then(|()| root.present().map_err(err))
-            .map_err(|message| CurvesError::Draw { path: path.to_path_buf(), message })?;
-    }
+    draw_rgb(&mut buffer, CURVES_SIZE, |root| draw(curves, root)).map_err(|e| match e {
+        DrawError::Font => CurvesError::Font { path: path.to_path_buf() },
+        DrawError::Draw(message) => CurvesError::Draw { path: path.to_path_buf(), message },
+    })?;
     let tmp = checkpoints::atomic::temp_path(path);
     let written =
         write_rgb_png(&tmp, width, height, &buffer).and_then(|()| std::fs::rename(&tmp, path).map_err(PngError::Io));

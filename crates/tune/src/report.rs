@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use schedulers::plotting::{FONT_FAMILY, PngError, register_font, write_rgb_png};
+use schedulers::plotting::{DrawError, FONT_FAMILY, PngError, draw_rgb, write_rgb_png};
 use serde_json::Value as Json;
 use serde_yaml::{Mapping, Value as Yaml};
 use thiserror::Error;
@@ -113,8 +113,9 @@ fn better(direction: Direction, a: f64, b: f64) -> bool {
     }
 }
 
-/// The best of `values` by `direction`, NaN ignored (the first of equal values).
-fn best_of(direction: Direction, values: impl IntoIterator<Item = f64>) -> Option<f64> {
+/// The best of `values` by `direction`, NaN ignored (the first of equal values): a trial's
+/// objective from its reports, and the summary's `best_intermediate`.
+pub fn best_of(direction: Direction, values: impl IntoIterator<Item = f64>) -> Option<f64> {
     values.into_iter().filter(|v| !v.is_nan()).fold(None, |best, v| match best {
         Some(b) if !better(direction, v, b) => Some(b),
         _ => Some(v),
@@ -411,17 +412,12 @@ fn render(
     path: &Path,
     draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<(), String>,
 ) -> Result<(), PlotError> {
-    if !register_font() {
-        return Err(PlotError::Font { path: path.to_path_buf() });
-    }
     let (width, height) = PLOT_SIZE;
-    let mut buffer = vec![0u8; width as usize * height as usize * 3];
-    let drawn = {
-        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        let drawn = root.fill(&WHITE).map_err(err).and_then(|()| draw(&root));
-        drawn.and_then(|()| root.present().map_err(err))
-    };
-    drawn.map_err(|message| PlotError::Draw { path: path.to_path_buf(), message })?;
+    let mut buffer = Vec::new();
+    draw_rgb(&mut buffer, PLOT_SIZE, draw).map_err(|e| match e {
+        DrawError::Font => PlotError::Font { path: path.to_path_buf() },
+        DrawError::Draw(message) => PlotError::Draw { path: path.to_path_buf(), message },
+    })?;
     write_rgb_png(path, width, height, &buffer).map_err(|source| PlotError::Write { path: path.to_path_buf(), source })
 }
 
