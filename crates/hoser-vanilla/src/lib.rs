@@ -263,9 +263,8 @@ impl VanillaTask {
         let baseline_acc = most_frequent_successor_accuracy(&data.train.samples, &data.val.samples);
         tracing::info!("most-frequent-successor baseline: validation next-step accuracy {baseline_acc:.4}");
         let val_batch_size = config.training.batch_size.max(1);
-        let t = &config.training;
-        let batches = data.train.samples.len().div_ceil(t.batch_size.max(1));
-        let steps_per_epoch = batches.div_ceil(t.gradient_accumulation_steps.max(1)).max(1) as u64;
+        let steps_per_epoch =
+            config.training.steps_per_epoch(data.train.samples.len(), config.debug.overfit_single_batch).max(1);
         Ok(Self {
             run_dir: config.output_dir.clone(),
             steps_per_epoch,

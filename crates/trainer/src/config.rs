@@ -185,6 +185,19 @@ impl Default for TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// Micro-batches in one epoch of `train_len` samples (in overfit mode an epoch is one window
+    /// of the same first batch).
+    pub fn batches_per_epoch(&self, train_len: usize, overfit: bool) -> usize {
+        if overfit { self.gradient_accumulation_steps } else { train_len.div_ceil(self.batch_size) }
+    }
+
+    /// Optimizer steps in one epoch of `train_len` samples: windows of
+    /// `gradient_accumulation_steps` micro-batches, a window never spanning two epochs (what the
+    /// loop runs; also what a task or `tune` uses to turn steps into epochs).
+    pub fn steps_per_epoch(&self, train_len: usize, overfit: bool) -> u64 {
+        self.batches_per_epoch(train_len, overfit).div_ceil(self.gradient_accumulation_steps) as u64
+    }
+
     /// The precision the run computes in: `amp_dtype` when `mixed_precision` is on, else `precision`.
     pub fn effective_precision(&self) -> Precision {
         if self.mixed_precision {

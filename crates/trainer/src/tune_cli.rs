@@ -32,7 +32,6 @@
 //! sequential study (`--n-jobs 1`) suggests the same values with or without a crash. Several
 //! drivers may share one study directory (`flock` on the journal; local file systems only).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -424,8 +423,7 @@ fn resolve<S: Stage>(
 /// optimizer step.
 fn last_report_step<S: Stage>(base: &StageConfig<S>, train_len: usize, unit: ResourceUnit) -> Result<u64, Failure> {
     let t = &base.training;
-    let batches = train_len.div_ceil(t.batch_size.max(1)).max(1);
-    let steps_per_epoch = batches.div_ceil(t.gradient_accumulation_steps.max(1)).max(1) as u64;
+    let steps_per_epoch = t.steps_per_epoch(train_len, base.debug.overfit_single_batch).max(1);
     let total = match (t.max_steps, t.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => e * steps_per_epoch,
@@ -1092,17 +1090,19 @@ fn run_trial<S: Stage>(args: &TrialArgs) -> Result<ExitCode, Failure> {
     let reported = study.trials.get(number as usize).map(|t| t.intermediate.clone()).unwrap_or_default();
     let (record, code, to) = match outcome {
         Ok((StopReason::Requested { policy, .. }, _)) if policy == POLICY => (None, ExitCode::SUCCESS, Some("pruned")),
-        Ok((StopReason::Budget | StopReason::Requested { .. }, _)) => match best(&reported, direction) {
-            Some(value) => (Some(Record::Completed { number, value }), ExitCode::SUCCESS, Some("complete")),
-            None => (
-                Some(Record::Failed {
-                    number,
-                    reason: format!("the run ended without a validation reporting `{}`", cfg.metric),
-                }),
-                ExitCode::from(1),
-                None,
-            ),
-        },
+        Ok((StopReason::Budget | StopReason::Requested { .. }, _)) => {
+            match report::best_of(direction, reported.values().copied()) {
+                Some(value) => (Some(Record::Completed { number, value }), ExitCode::SUCCESS, Some("complete")),
+                None => (
+                    Some(Record::Failed {
+                        number,
+                        reason: format!("the run ended without a validation reporting `{}`", cfg.metric),
+                    }),
+                    ExitCode::from(1),
+                    None,
+                ),
+            }
+        }
         Ok((StopReason::Interrupted(signal), _)) => {
             (Some(Record::Failed { number, reason: INTERRUPTED.into() }), ExitCode::from(signal.exit_code()), None)
         }
@@ -1137,14 +1137,6 @@ fn record_end(journal: &mut Journal, number: u64, attempt: u32, record: Record) 
             _ => (Vec::new(), ()),
         })
         .map_err(run_err)
-}
-
-/// The best value by the direction, NaN ignored.
-fn best(values: &BTreeMap<u64, f64>, direction: Direction) -> Option<f64> {
-    values.values().copied().filter(|v| !v.is_nan()).reduce(|a, b| match direction {
-        Direction::Maximize => a.max(b),
-        Direction::Minimize => a.min(b),
-    })
 }
 
 /// Stops the run (as SIGTERM does) when stdin closes: the driver died or asked it to stop.

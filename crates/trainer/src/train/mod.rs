@@ -352,9 +352,8 @@ impl Plan {
         let n = task.train_len();
         let overfit = cfg.debug.overfit_single_batch;
         let accum = t.gradient_accumulation_steps;
-        // In overfit mode an epoch is one window of the same first batch.
-        let batches_per_epoch = if overfit { accum } else { n.div_ceil(t.batch_size) };
-        let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
+        let batches_per_epoch = t.batches_per_epoch(n, overfit);
+        let steps_per_epoch = t.steps_per_epoch(n, overfit);
         if accum > batches_per_epoch {
             // A window never spans two epochs (each has its own order), so the step is cut.
             tracing::warn!(
