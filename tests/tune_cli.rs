@@ -309,6 +309,14 @@ fn bad_space_files_are_one_clear_error_naming_the_key() {
     let (e, _) = refused("optimizer.lr: {float: [0.0, 0.1], log: true}\n");
     assert!(e.contains("optimizer.lr") && e.contains("log"), "{e}");
     // In range for the space, out of range for the config.
+    // A --study that is a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("study.txt");
+    fs::write(&file, "notes\n").unwrap();
+    let out = tune(&file, &["--n-trials", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"), "{out:?}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "notes\n");
     let (e, _) = refused("model.hidden: {int: [0, 8]}\n");
     assert!(e.contains("model.hidden"), "{e}");
     let (e, _) = refused("study:\n  sampler: annealing\nspace:\n  optimizer.lr: {float: [0.001, 0.1]}\n");

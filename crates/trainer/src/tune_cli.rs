@@ -212,6 +212,9 @@ fn drive<S: Stage>(common: &CommonArgs, stage: &S::Args, args: &TuneArgs) -> Res
         eprintln!("{} tune: warning: {w}", S::NAME);
     }
     let dir = &args.study;
+    if dir.exists() && !dir.is_dir() {
+        return Err(Failure::Usage(format!("--study {}: not a directory", dir.display())));
+    }
     let base_yaml = config::to_yaml(&base);
     // Checked before anything is written: a bad space leaves no study directory behind.
     let scratch = std::env::temp_dir().join(format!("trainyard-tune-{}-base.yaml", std::process::id()));
